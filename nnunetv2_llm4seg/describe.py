@@ -1,0 +1,43 @@
+"""Parameter counts of a booster, computed on the meta device: no weights are downloaded or allocated."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from nnunetv2_llm4seg.booster import LLMBooster
+from nnunetv2_llm4seg.spec import BoosterSpec
+
+
+def count_parameters(module: torch.nn.Module | None) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+def describe_booster(spec: BoosterSpec, channels: int, spatial: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """Counts for the booster alone: adapters, the LLM layer, learned positions, trainable and frozen totals."""
+    with torch.device("meta"):
+        booster = LLMBooster(channels, spec)
+    llm = booster.llm
+    trainable = sum(p.numel() for p in booster.parameters() if p.requires_grad)
+    return {
+        "preset": spec.name,
+        "source": spec.source,
+        "family": spec.family,
+        "layer": spec.layer,
+        "paper_layer": spec.paper_layer,
+        "hidden_size": spec.hidden_size,
+        "channels": channels,
+        "spatial": list(spatial) if spatial else None,
+        "tokens": math.prod(spatial) if spatial else None,
+        "init": spec.init,
+        "trainable": spec.trainable,
+        "attention": spec.attention,
+        "positions": spec.positions,
+        "dtype": spec.dtype,
+        "adapter_params": count_parameters(booster.adapter_in) + count_parameters(booster.adapter_out),
+        "llm_layer_params": count_parameters(llm.layer) if llm is not None else 0,
+        "position_params": count_parameters(getattr(llm, "position_table", None)),
+        "trainable_params": trainable,
+        "frozen_params": count_parameters(booster) - trainable,
+    }

@@ -1,0 +1,99 @@
+"""One transformers layer with explicit attention direction and position encoding, over (B, N, hidden) tokens.
+
+transformers' sdpa attention is causal when no mask is passed and eager attention is bidirectional, so neither
+default is trusted here: causal attention always gets an explicit mask, bidirectional attention none, and each
+attention module's `is_causal` flag is set to match.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nnunetv2_llm4seg.errors import SpecError
+from nnunetv2_llm4seg.families import get_family, head_dim, transformers_config
+from nnunetv2_llm4seg.spec import BoosterSpec
+
+DEFAULT_ATTN_IMPLEMENTATION = "sdpa"
+
+
+def causal_mask(tokens: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Additive (1, 1, N, N) mask: token i sees tokens 0..i only."""
+    blocked = torch.full((tokens, tokens), torch.finfo(dtype).min, dtype=dtype, device=device)
+    return blocked.triu(1)[None, None]
+
+
+def _hidden_states(output: torch.Tensor | tuple) -> torch.Tensor:
+    # transformers < 4.54 returns (hidden_states, ...); newer versions return the tensor itself.
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _set_causal_flags(module: nn.Module, causal: bool) -> None:
+    for submodule in module.modules():
+        if hasattr(submodule, "is_causal"):
+            submodule.is_causal = causal
+
+
+class RotaryDecoderBlock(nn.Module):
+    """A LLaMA / Qwen2 / Mistral decoder layer fed with rotary, no or paper-compatible positions."""
+
+    def __init__(self, spec: BoosterSpec, attn_implementation: str = DEFAULT_ATTN_IMPLEMENTATION):
+        super().__init__()
+        family = get_family(spec.family)
+        config = transformers_config(spec.family, spec.config, not spec.trainable, attn_implementation)
+        self.layer = family.load_class(family.layer_class)(config, layer_idx=spec.layer)
+        self.rotary = family.load_class(family.rotary_class)(config) if spec.positions == "native" else None
+        self.positions = spec.positions
+        self.causal = spec.attention == "causal"
+        self.head_dim = head_dim(config)
+        _set_causal_flags(self.layer, self.causal)
+
+    def position_embeddings(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (cos, sin) pair the layer unpacks, shape (1, N, head_dim) or (1, N, 1)."""
+        tokens = hidden.shape[1]
+        if self.positions == "native":
+            position_ids = torch.arange(tokens, device=hidden.device)[None]
+            return self.rotary(hidden, position_ids)
+        if self.positions == "none":
+            shape = (1, tokens, self.head_dim)
+            return (torch.ones(shape, dtype=hidden.dtype, device=hidden.device),
+                    torch.zeros(shape, dtype=hidden.dtype, device=hidden.device))
+        # "paper": the official code builds sin and cos of the token index, shape (1, N, 1), and passes
+        # them as [sin, cos] to a layer that unpacks (cos, sin): the swap is part of its behaviour.
+        index = torch.arange(tokens, device=hidden.device, dtype=torch.float32).view(1, tokens, 1)
+        return torch.sin(index).to(hidden.dtype), torch.cos(index).to(hidden.dtype)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        mask = causal_mask(hidden.shape[1], hidden.dtype, hidden.device) if self.causal else None
+        output = self.layer(hidden, attention_mask=mask, position_embeddings=self.position_embeddings(hidden))
+        return _hidden_states(output)
+
+
+class BertEncoderBlock(nn.Module):
+    """A BERT encoder layer, optionally with the model's learned absolute position embeddings added first."""
+
+    def __init__(self, spec: BoosterSpec, attn_implementation: str = DEFAULT_ATTN_IMPLEMENTATION):
+        super().__init__()
+        family = get_family(spec.family)
+        config = transformers_config(spec.family, spec.config, not spec.trainable, attn_implementation)
+        self.layer = family.load_class(family.layer_class)(config, layer_idx=spec.layer)
+        self.position_table = (nn.Embedding(config.max_position_embeddings, config.hidden_size)
+                               if spec.positions == "native" else None)
+        self.causal = spec.attention == "causal"
+        _set_causal_flags(self.layer, self.causal)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        tokens = hidden.shape[1]
+        if self.position_table is not None:
+            if tokens > self.position_table.num_embeddings:
+                raise SpecError(f"{tokens} tokens reach the booster, but this model has learned positions for "
+                                f"{self.position_table.num_embeddings} only; use a smaller patch or a deeper "
+                                "stage, or set positions to 'none'.")
+            hidden = hidden + self.position_table.weight[:tokens].to(hidden.dtype)
+        mask = causal_mask(tokens, hidden.dtype, hidden.device) if self.causal else None
+        return _hidden_states(self.layer(hidden, attention_mask=mask))
+
+
+def build_layer_block(spec: BoosterSpec, attn_implementation: str = DEFAULT_ATTN_IMPLEMENTATION) -> nn.Module:
+    """The LLM layer block for a spec, randomly initialised by its constructor (weights are loaded later)."""
+    block_class = BertEncoderBlock if spec.family == "bert" else RotaryDecoderBlock
+    return block_class(spec, attn_implementation)

@@ -1,0 +1,173 @@
+"""The booster spec: which LLM layer goes where, and how it runs. Validated, serialisable, comparable."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from nnunetv2_llm4seg.errors import SpecError
+
+INIT_CHOICES = ("pretrained", "random", "none")
+ATTENTION_CHOICES = ("bidirectional", "causal")
+POSITION_CHOICES = ("native", "none", "paper")
+DTYPE_CHOICES = ("float32", "bfloat16")
+SUPPORTED_FAMILIES = ("llama", "qwen2", "mistral", "bert")
+ROTARY_FAMILIES = ("llama", "qwen2", "mistral")
+
+# Fields that say where the spec came from or what was loaded, not what network it builds.
+DESCRIPTIVE_FIELDS = ("name", "description", "paper_layer", "provenance")
+
+
+@dataclass(frozen=True)
+class BoosterSpec:
+    """One frozen (or trainable) LLM layer between two adapters, placed at an nnU-Net encoder stage.
+
+    source:      a Hugging Face hub id ("meta-llama/Llama-3.2-1B"), a local model folder, or
+                 "package:<python package>" for a model folder shipped inside an installed package.
+    layer:       0-based index of the layer in the model (the paper's "layer 15" of LLaMA is index 14).
+    family:      model family of the layer: llama, qwen2, mistral (rotary decoder layers) or bert.
+    config:      the model's architecture config (the values of its config.json).
+    init:        "pretrained" (weights from source), "random" (same shape, random init), "none" (adapters only).
+    trainable:   False freezes the LLM layer (the paper's default).
+    attention:   "bidirectional" (every token sees every token) or "causal".
+    positions:   "native" (the model's own position encoding over token order), "none", or "paper"
+                 (exactly what the official LLM4Seg code does: sin/cos of the token index, swapped).
+    stage:       encoder stage the booster follows: -1 is the bottleneck, -2 one stage above it.
+    residual:    True adds the booster output to its input; False replaces it (the paper).
+    dtype:       dtype the LLM layer computes in ("float32" or "bfloat16"; never float16).
+    revision:    hub revision (branch, tag or commit) for hub sources.
+    allow_pickle: allow PyTorch pickle (.bin) weights; off by default since pickle can run code.
+    provenance:  filled in when weights are loaded: files, revision and sha256 of the loaded tensors.
+    """
+
+    source: str
+    layer: int
+    family: str
+    config: Mapping[str, Any]
+    init: str = "pretrained"
+    trainable: bool = False
+    attention: str = "bidirectional"
+    positions: str = "native"
+    stage: int = -1
+    residual: bool = False
+    dtype: str = "float32"
+    revision: str | None = None
+    allow_pickle: bool = False
+    name: str | None = None
+    description: str | None = None
+    paper_layer: str | None = None
+    provenance: Mapping[str, Any] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    # ---- construction and serialisation -------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "spec") -> "BoosterSpec":
+        """Build a spec from a JSON-like mapping; unknown keys and bad values raise SpecError."""
+        if not isinstance(data, Mapping):
+            raise SpecError(f"{where}: expected a JSON object, got {type(data).__name__}.")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}. "
+                            f"Allowed keys: {', '.join(sorted(known))}.")
+        values = dict(data)
+        if "family" not in values and isinstance(values.get("config"), Mapping):
+            values["family"] = values["config"].get("model_type")
+        missing = [k for k in ("source", "layer", "family", "config") if values.get(k) is None]
+        if missing:
+            raise SpecError(f"{where}: missing required key(s) {', '.join(map(repr, missing))}.")
+        try:
+            return cls(**values)
+        except SpecError as error:
+            raise SpecError(f"{where}: {error}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict that from_dict turns back into an equal spec."""
+        data = dataclasses.asdict(self)
+        data["config"] = dict(self.config)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    def replace(self, **changes: Any) -> "BoosterSpec":
+        return dataclasses.replace(self, **changes)
+
+    # ---- derived values --------------------------------------------------------------------------
+    @property
+    def hidden_size(self) -> int:
+        return int(self.config["hidden_size"])
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.config["num_hidden_layers"])
+
+    @property
+    def has_llm_layer(self) -> bool:
+        return self.init != "none"
+
+    def differences(self, other: "BoosterSpec", ignore: tuple[str, ...] = DESCRIPTIVE_FIELDS) -> dict[str, tuple]:
+        """Fields (other than the descriptive ones) whose values differ: {field: (self value, other value)}."""
+        diff = {}
+        for f in dataclasses.fields(self):
+            if f.name in ignore:
+                continue
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if f.name == "config":
+                mine, theirs = dict(mine), dict(theirs)
+            if mine != theirs:
+                diff[f.name] = (mine, theirs)
+        return diff
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise SpecError(f"{key!r} is {value!r}; allowed values: {', '.join(choices)}.")
+
+
+def _typed(key: str, value: Any, kind: type, text: str) -> None:
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise SpecError(f"{key!r} must be {text}, got {value!r} ({type(value).__name__}).")
+
+
+def _validate(spec: BoosterSpec) -> None:
+    _typed("source", spec.source, str, "a hub id, a local folder or 'package:<name>'")
+    if not spec.source.strip():
+        raise SpecError("'source' is empty; give a hub id, a local folder or 'package:<name>'.")
+    _typed("layer", spec.layer, int, "a 0-based layer index (integer)")
+    _typed("family", spec.family, str, "a model family name")
+    _choice("family", spec.family, SUPPORTED_FAMILIES)
+    _typed("config", spec.config, Mapping, "the model's config.json as an object")
+    _choice("init", spec.init, INIT_CHOICES)
+    _typed("trainable", spec.trainable, bool, "true or false")
+    _choice("attention", spec.attention, ATTENTION_CHOICES)
+    _choice("positions", spec.positions, POSITION_CHOICES)
+    _typed("stage", spec.stage, int, "a negative encoder stage index (-1 = bottleneck, -2 = one above)")
+    if spec.stage >= 0:
+        raise SpecError(f"'stage' is {spec.stage}; use a negative index counted from the bottleneck: "
+                        "-1 = bottleneck (default), -2 = one stage above it.")
+    _typed("residual", spec.residual, bool, "true or false")
+    _choice("dtype", spec.dtype, DTYPE_CHOICES)
+    for key in ("revision", "name", "description", "paper_layer"):
+        value = getattr(spec, key)
+        if value is not None:
+            _typed(key, value, str, "a string or null")
+    _typed("allow_pickle", spec.allow_pickle, bool, "true or false")
+    if spec.provenance is not None:
+        _typed("provenance", spec.provenance, Mapping, "an object or null")
+    if spec.positions == "paper" and spec.family not in ROTARY_FAMILIES:
+        raise SpecError(f"'positions' is 'paper', which only exists for rotary families "
+                        f"({', '.join(ROTARY_FAMILIES)}); family {spec.family!r} allows 'native' or 'none'.")
+    model_type = spec.config.get("model_type")
+    if model_type is not None and model_type != spec.family:
+        raise SpecError(f"'family' is {spec.family!r} but config.model_type is {model_type!r}; they must agree.")
+
+    from nnunetv2_llm4seg.families import check_architecture_config
+
+    check_architecture_config(spec.family, spec.config)
+    if spec.layer < 0 or spec.layer >= spec.num_layers:
+        raise SpecError(f"'layer' is {spec.layer}, but the model has {spec.num_layers} layers: "
+                        f"valid indices are 0..{spec.num_layers - 1} (0-based; the paper's 'layer 15' is index 14).")
