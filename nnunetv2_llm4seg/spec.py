@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from nnunetv2_llm4seg.errors import SpecError
+from nnunetv2_llm4seg.families import FAMILIES, check_architecture_config, get_family
 
 INIT_CHOICES = ("pretrained", "random", "none")
 ATTENTION_CHOICES = ("bidirectional", "causal")
 POSITION_CHOICES = ("native", "none", "paper")
 DTYPE_CHOICES = ("float32", "bfloat16")
-SUPPORTED_FAMILIES = ("llama", "qwen2", "mistral", "bert")
-ROTARY_FAMILIES = ("llama", "qwen2", "mistral")
+ROTARY_FAMILIES = tuple(name for name, family in FAMILIES.items() if family.rotary_class)
 
 # Fields that say where the spec came from or what was loaded, not what network it builds.
 DESCRIPTIVE_FIELDS = ("name", "description", "paper_layer", "provenance")
@@ -139,7 +139,7 @@ def _validate(spec: BoosterSpec) -> None:
         raise SpecError("'source' is empty; give a hub id, a local folder or 'package:<name>'.")
     _typed("layer", spec.layer, int, "a 0-based layer index (integer)")
     _typed("family", spec.family, str, "a model family name")
-    _choice("family", spec.family, SUPPORTED_FAMILIES)
+    get_family(spec.family)
     _typed("config", spec.config, Mapping, "the model's config.json as an object")
     _choice("init", spec.init, INIT_CHOICES)
     _typed("trainable", spec.trainable, bool, "true or false")
@@ -164,9 +164,6 @@ def _validate(spec: BoosterSpec) -> None:
     model_type = spec.config.get("model_type")
     if model_type is not None and model_type != spec.family:
         raise SpecError(f"'family' is {spec.family!r} but config.model_type is {model_type!r}; they must agree.")
-
-    from nnunetv2_llm4seg.families import check_architecture_config
-
     check_architecture_config(spec.family, spec.config)
     if spec.layer < 0 or spec.layer >= spec.num_layers:
         raise SpecError(f"'layer' is {spec.layer}, but the model has {spec.num_layers} layers: "
