@@ -1,4 +1,4 @@
-"""The `llm4seg` command: presets, describe, trainers, fetch (and the data/demo commands)."""
+"""The `llm4seg` command: presets, describe, trainers, fetch, convert."""
 from __future__ import annotations
 
 import argparse
@@ -137,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_arguments(fetch)
     fetch.add_argument("--json", action="store_true", help="print the provenance as JSON")
     fetch.set_defaults(handler=cmd_fetch)
+
+    from nnunetv2_llm4seg.converters import add_convert_parser
+
+    add_convert_parser(commands)
     return parser
 
 
