@@ -1,4 +1,4 @@
-"""The `llm4seg` command: presets, describe, trainers, fetch, convert."""
+"""The `llm4seg` command: presets, describe, trainers, fetch, convert, demo, ablate."""
 from __future__ import annotations
 
 import argparse
@@ -138,9 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--json", action="store_true", help="print the provenance as JSON")
     fetch.set_defaults(handler=cmd_fetch)
 
+    from nnunetv2_llm4seg.ablate import add_ablate_parser
     from nnunetv2_llm4seg.converters import add_convert_parser
+    from nnunetv2_llm4seg.demo import add_demo_parser
 
     add_convert_parser(commands)
+    add_demo_parser(commands)
+    add_ablate_parser(commands)
     return parser
 
 

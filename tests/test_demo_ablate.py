@@ -1,0 +1,131 @@
+"""`llm4seg demo` (reduced schedule), `llm4seg ablate` (two rows), and a real-data run on BUS-BRA."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from helpers import SHARED_DATA, run_cli
+from nnunet_fixtures import NnUNetProject
+
+from nnunetv2_llm4seg.experiments import NnUNetFolders, cap_configuration
+from nnunetv2_llm4seg.synthetic import make_ultrasound_dataset
+
+pytestmark = pytest.mark.slow
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_png(path: Path) -> None:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.format == "PNG" and min(image.size) > 100
+
+
+def test_demo_with_a_reduced_schedule_never_touches_existing_datasets(tmp_path):
+    user = NnUNetProject(tmp_path / "user")
+    make_ultrasound_dataset(user.raw, 999, cases=3, size=32, name="Precious")
+    (user.results / "Dataset999_Precious" / "some_model").mkdir(parents=True)
+    (user.results / "Dataset999_Precious" / "some_model" / "checkpoint_final.pth").write_bytes(b"weights")
+    (user.preprocessed / "Dataset998_Other").mkdir(parents=True)
+    before = digests(user.root)
+    output = tmp_path / "demo"
+    result = run_cli("llm4seg", "demo", "--output", str(output), "--epochs", "2", "--iterations", "8",
+                     "--train-cases", "12", "--test-cases", "4", "--image-size", "64", "--no-progress",
+                     env=user.env(), timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "nnUNetTrainerLLM4SegMiniLM" in result.stdout and "Dice (mean ± std)" in result.stdout
+    after = digests(user.root)
+    assert {k: v for k, v in after.items() if k in before} == before  # nothing that existed was changed
+    assert not any(name.startswith(("raw/Dataset999", "raw/Dataset998")) for name in set(after) - set(before))
+    assert (user.raw / "Dataset997_LLM4SegDemo").is_dir()  # the first free id, in the user's folders
+    summary = json.loads((output / "results.json").read_text())
+    assert set(summary["methods"]) == {"nnUNetTrainer", "nnUNetTrainerLLM4SegMiniLM"}
+    for method in summary["methods"].values():
+        assert method["cases"] == 4 and method["dice_mean"] > 0.3
+    assert summary["methods"]["nnUNetTrainerLLM4SegMiniLM"]["frozen_params"] == 1_971_072
+    assert summary["methods"]["nnUNetTrainer"]["frozen_params"] == 0
+    for figure in ("training_curves.png", "overlays.png"):
+        assert_png(output / figure)
+    assert "| nnUNetTrainer |" in (output / "results.md").read_text()
+
+
+def test_demo_uses_its_own_folders_when_nnunet_variables_are_not_set(tmp_path, monkeypatch):
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.delenv(name, raising=False)
+    folders = NnUNetFolders.choose(tmp_path / "out")
+    assert folders.raw == tmp_path / "out" / "nnUNet_raw" and folders.free_dataset_id() == 999
+
+
+def test_demo_refuses_an_unwritable_output_folder(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    result = run_cli("llm4seg", "demo", "--output", str(blocker / "demo"), "--no-progress")
+    assert result.returncode == 2
+    assert "cannot write to the output folder" in result.stderr and "--output" in result.stderr
+    assert blocker.read_text() == "not a folder"
+
+
+def test_cpu_caps_cut_stages_that_no_longer_fit():
+    configuration = {"patch_size": [512, 384], "batch_size": 12, "architecture": {"arch_kwargs": {
+        "n_stages": 7, "features_per_stage": [32, 64, 128, 256, 512, 512, 512],
+        "kernel_sizes": [[3, 3]] * 7, "strides": [[1, 1]] + [[2, 2]] * 6, "n_conv_per_stage": [2] * 7,
+        "n_conv_per_stage_decoder": [2] * 6}}}
+    capped = cap_configuration(configuration, max_patch=128, max_features=256, max_batch=4)
+    arch = capped["architecture"]["arch_kwargs"]
+    assert capped["patch_size"] == [128, 128] and capped["batch_size"] == 4
+    assert arch["n_stages"] == 6 and len(arch["strides"]) == 6 and len(arch["n_conv_per_stage_decoder"]) == 5
+    assert max(arch["features_per_stage"]) == 256
+    assert configuration["patch_size"] == [512, 384]  # the original is left alone
+
+
+def test_ablate_two_rows_writes_table_and_plot_and_skips_finished_folds(tmp_path):
+    project = NnUNetProject(tmp_path)
+    make_ultrasound_dataset(project.raw, 631, cases=10, size=64, seed=6)
+    args = ("llm4seg", "ablate", "631", "--rows", "stock,frozen", "--preset", "minilm-l6", "--epochs", "1",
+            "--iterations", "6", "--device", "cpu", "--no-progress")
+    first = project.run(*args, timeout=1200)
+    output = project.results / "Dataset631_SyntheticUltrasound" / \
+        "llm4seg_ablation__nnUNetPlans_llm4seg-minilm-l6_1x6__2d"
+    table = (output / "ablation.md").read_text()
+    assert "| stock | nnUNetTrainer |" in table and "| frozen | nnUNetTrainerLLM4Seg |" in table
+    assert "Wilcoxon" in table and "1,971,072" in table  # MiniLM's frozen layer + positions
+    rows = (output / "ablation.csv").read_text().splitlines()
+    assert rows[0].startswith("row,trainer,cases,dice_mean") and len(rows) == 3
+    assert len((output / "ablation_per_case.csv").read_text().splitlines()) == 1 + 2 * 2  # 2 val cases per row
+    assert (output / "ablation_dice.png").stat().st_size > 1000
+    checkpoint = project.results / "Dataset631_SyntheticUltrasound" / \
+        "nnUNetTrainerLLM4Seg__nnUNetPlans_llm4seg-minilm-l6_1x6__2d" / "fold_0" / "checkpoint_final.pth"
+    stamp = checkpoint.stat().st_mtime_ns
+    again = project.run(*args, timeout=600)
+    assert checkpoint.stat().st_mtime_ns == stamp and again.stdout.count("| frozen |") == 1
+    assert first.stdout.split("wrote")[0] == again.stdout.split("wrote")[0]
+
+
+@pytest.mark.realdata
+def test_busbra_real_data_brief_training_beats_an_untrained_network(tmp_path):
+    source = SHARED_DATA / "busbra"
+    if not (source / "bus_data.csv").is_file():
+        pytest.skip(f"REAL DATA MISSING: {source} is absent, so the BUS-BRA real-data test cannot run")
+    project = NnUNetProject(tmp_path)
+    output = tmp_path / "busbra_demo"
+    result = project.run("llm4seg", "demo", "--data", f"busbra:{source}", "--trainers",
+                         "nnUNetTrainerLLM4SegMiniLM", "--output", str(output), "--epochs", "6",
+                         "--iterations", "30", "--image-size", "96", "--no-progress", "--device", "cpu",
+                         timeout=1800)
+    summary = json.loads((output / "results.json").read_text())["methods"]["nnUNetTrainerLLM4SegMiniLM"]
+    dataset = project.raw / "Dataset999_LLM4SegDemo_busbra"
+    with open(source / "bus_data.csv", newline="") as handle:
+        patient = {row["ID"]: row["Case"] for row in csv.DictReader(handle)}
+    held_out = {patient[p.name[:-4]] for p in (dataset / "labelsTs").glob("*.png")}
+    trained = {patient[p.name[:-4]] for p in (dataset / "labelsTr").glob("*.png")}
+    assert held_out and not held_out & trained  # whole patients are held out
+    assert summary["cases"] >= 100, result.stdout  # the held-out patients of fold 0
+    # An untrained network (or one predicting all foreground) scores far below this on BUS-BRA.
+    assert summary["dice_mean"] > 0.55, summary
