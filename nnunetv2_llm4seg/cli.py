@@ -87,17 +87,12 @@ def cmd_trainers(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    import torch
-
-    from nnunetv2_llm4seg.layers import build_layer_block
-    from nnunetv2_llm4seg.loading import load_layer
+    from nnunetv2_llm4seg.loading import fetch_layer
 
     spec = _spec_from_args(args)
     if not spec.has_llm_layer:
         raise LLM4SegError("this spec has init 'none' (adapters only): there is no layer to fetch.")
-    with torch.device("meta"):
-        block = build_layer_block(spec)
-    provenance = load_layer(spec, block).provenance
+    provenance = fetch_layer(spec)
     print(json.dumps(provenance, indent=2) if args.json else
           f"loaded {provenance['tensors']} tensors of layer {spec.layer} from {provenance['source']} "
           f"({', '.join(provenance['files'])}, revision {provenance['revision']})\nsha256 {provenance['sha256']}")

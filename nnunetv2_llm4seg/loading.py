@@ -11,7 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -33,12 +33,32 @@ IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
 @dataclass(frozen=True)
-class LoadedLayer:
-    """The tensors of one layer, named as in the checkpoint, with where they came from."""
+class LayerReadPlan:
+    """What to read for one layer: the source, every tensor's file, and checkpoint name -> block name."""
 
-    tensors: dict[str, torch.Tensor]
+    source: LocalFolder | HubRepo
+    weight_map: dict[str, str]
+    fmt: str
     block_names: dict[str, str]
-    provenance: dict[str, Any]
+
+    @property
+    def files(self) -> list[str]:
+        return sorted({self.weight_map[name] for name in self.block_names})
+
+
+class LayerDigest:
+    """sha256 of a layer: over name, dtype, shape and the sha256 of each tensor's bytes, in name order
+    (so it can be computed while tensors stream in, in any order)."""
+
+    def __init__(self) -> None:
+        self._lines: dict[str, str] = {}
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+        self._lines[name] = f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|{hashlib.sha256(data).hexdigest()}\n"
+
+    def hexdigest(self) -> str:
+        return hashlib.sha256("".join(self._lines[name] for name in sorted(self._lines)).encode()).hexdigest()
 
 
 def read_source_config(source: LocalFolder | HubRepo) -> dict[str, Any]:
@@ -95,13 +115,17 @@ def _weight_map(source: LocalFolder | HubRepo, allow_pickle: bool) -> tuple[dict
     return {name: PICKLE_SINGLE for name in names}, "pickle"
 
 
+def _unreadable(path: Path, error: Exception) -> CheckpointError:
+    return CheckpointError(f"{path} is not a readable safetensors file ({error}); it may be truncated or "
+                           "corrupted: delete it and download it again.")
+
+
 def _open_safetensors(path: Path, read: Any) -> Any:
     try:
         with safe_open(str(path), framework="pt") as handle:
             return read(handle)
     except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({error}); it may be truncated or "
-                              "corrupted: delete it and download it again.") from None
+        raise _unreadable(path, error) from None
 
 
 def _layer_prefix(spec: BoosterSpec, names: list[str], label: str) -> str:
@@ -142,37 +166,30 @@ def _check_names(wanted: Mapping[str, str], names: list[str], prefix: str, label
                               "expect (e.g. biases); the spec's config does not describe this checkpoint.")
 
 
-def _read_tensors(source: LocalFolder | HubRepo, weight_map: Mapping[str, str], names: list[str],
-                  fmt: str) -> dict[str, torch.Tensor]:
+def _stream_tensors(plan: LayerReadPlan) -> Iterator[tuple[str, torch.Tensor]]:
+    """The layer's tensors one at a time, shard by shard (only the shards that hold the layer are opened)."""
     by_file: dict[str, list[str]] = {}
-    for name in names:
-        by_file.setdefault(weight_map[name], []).append(name)
-    tensors: dict[str, torch.Tensor] = {}
-    for file_name, file_names in sorted(by_file.items()):
-        path = source.file(file_name)
+    for name in plan.block_names:
+        by_file.setdefault(plan.weight_map[name], []).append(name)
+    for file_name, names in sorted(by_file.items()):
+        path = plan.source.file(file_name)
         if path is None:
-            raise CheckpointError(f"{source.label}: shard {file_name} listed in the index is missing; "
+            raise CheckpointError(f"{plan.source.label}: shard {file_name} listed in the index is missing; "
                                   "download it into the model folder.")
-        if fmt == "safetensors":
-            tensors.update(_open_safetensors(path, lambda handle: {n: handle.get_tensor(n) for n in file_names}))
-        else:
+        if plan.fmt == "pickle":
             state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-            tensors.update({n: state[n].clone() for n in file_names})
-    return tensors
+            yield from ((name, state[name]) for name in names)
+            continue
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                for name in names:
+                    yield name, handle.get_tensor(name)
+        except (SafetensorError, OSError, ValueError) as error:
+            raise _unreadable(path, error) from None
 
 
-def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
-    """sha256 over name, dtype, shape and raw bytes of each tensor, in name order."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
-def load_layer(spec: BoosterSpec, block: torch.nn.Module) -> LoadedLayer:
-    """Read the spec's layer from its source, check names and shapes against `block`, and return the tensors."""
+def plan_layer_read(spec: BoosterSpec, block: torch.nn.Module) -> LayerReadPlan:
+    """Check the source against the spec (config, tensor names) and work out which tensors to read."""
     source = open_source(spec.source, spec.revision)
     check_config_agrees(spec, read_source_config(source), source.label)
     weight_map, fmt = _weight_map(source, spec.allow_pickle)
@@ -180,25 +197,37 @@ def load_layer(spec: BoosterSpec, block: torch.nn.Module) -> LoadedLayer:
     prefix = _layer_prefix(spec, names, source.label)
     wanted = expected_tensors(spec, block, prefix, names)
     _check_names(wanted, names, prefix, source.label)
-    tensors = _read_tensors(source, weight_map, list(wanted), fmt)
-    shapes = {name: tuple(t.shape) for name, t in block.state_dict().items()}
-    wrong = [f"{name}: expected {shapes[wanted[name]]}, found {tuple(t.shape)}"
-             for name, t in tensors.items() if tuple(t.shape) != shapes[wanted[name]]]
-    if wrong:
-        raise CheckpointError(f"{source.label}: tensor shape(s) do not match the spec's config: {'; '.join(wrong)}.")
-    provenance = {
-        "source": source.label,
-        "files": sorted({weight_map[name] for name in wanted}),
-        "revision": source.revision,
-        "format": fmt,
-        "tensors": len(tensors),
-        "sha256": tensors_sha256(tensors),
-    }
-    return LoadedLayer(tensors=tensors, block_names=wanted, provenance=provenance)
+    return LayerReadPlan(source, weight_map, fmt, wanted)
+
+
+def _load(spec: BoosterSpec, block: torch.nn.Module, copy: bool) -> dict[str, Any]:
+    plan = plan_layer_read(spec, block)
+    targets = block.state_dict(keep_vars=True)
+    digest = LayerDigest()
+    for name, tensor in _stream_tensors(plan):
+        target = targets[plan.block_names[name]]
+        if tuple(tensor.shape) != tuple(target.shape):
+            raise CheckpointError(f"{plan.source.label}: tensor {name} has shape {tuple(tensor.shape)}, but the "
+                                  f"spec's config expects {tuple(target.shape)}; the config does not describe "
+                                  "this checkpoint.")
+        digest.add(name, tensor)
+        if copy:
+            with torch.no_grad():
+                target.copy_(tensor)
+    return {"source": plan.source.label, "files": plan.files, "revision": plan.source.revision,
+            "format": plan.fmt, "tensors": len(plan.block_names), "sha256": digest.hexdigest()}
 
 
 def load_into_block(spec: BoosterSpec, block: torch.nn.Module) -> dict[str, Any]:
-    """Load the pretrained layer into `block` in place (any device/dtype); returns the provenance."""
-    loaded = load_layer(spec, block)
-    block.load_state_dict({loaded.block_names[name]: t for name, t in loaded.tensors.items()}, strict=True)
-    return loaded.provenance
+    """Load the pretrained layer into `block` in place, one tensor at a time (any device and dtype: the
+    checkpoint's values are converted on copy). Returns the provenance: source, files, revision, sha256."""
+    return _load(spec, block, copy=True)
+
+
+def fetch_layer(spec: BoosterSpec) -> dict[str, Any]:
+    """Read and check the layer without keeping it (fills the hub cache); returns the provenance."""
+    from nnunetv2_llm4seg.layers import build_layer_block
+
+    with torch.device("meta"):
+        block = build_layer_block(spec)
+    return _load(spec, block, copy=False)
