@@ -42,7 +42,9 @@ class LLMBooster(nn.Module):
     def __init__(self, channels: int, spec: BoosterSpec, attn_implementation: str = DEFAULT_ATTN_IMPLEMENTATION):
         super().__init__()
         self.adapter_in = nn.Linear(channels, spec.hidden_size)
-        self.llm = build_layer_block(spec, attn_implementation) if spec.has_llm_layer else None
+        # pre-trained weights are loaded right after (or come with a checkpoint): zeros until then
+        self.llm = (build_layer_block(spec, attn_implementation, placeholder=spec.init == "pretrained")
+                    if spec.has_llm_layer else None)
         self.adapter_out = nn.Linear(spec.hidden_size, channels)
         self.residual = spec.residual
         self.compute_dtype = getattr(torch, spec.dtype)

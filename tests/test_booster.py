@@ -21,7 +21,7 @@ def small_spec(family: str = "llama", **changes) -> BoosterSpec:
 
 @pytest.mark.parametrize("shape", [(1, 16, 4, 4), (3, 16, 5, 7), (2, 16, 2, 3, 4), (1, 16, 1, 1, 1)])
 def test_any_2d_or_3d_shape_and_batch(shape):
-    booster = LLMBooster(16, small_spec())
+    booster = LLMBooster(16, small_spec(init="random"))
     out = booster(torch.randn(shape))
     assert out.shape == shape and torch.isfinite(out).all()
 
@@ -35,7 +35,7 @@ def test_token_round_trip(shape):
 
 
 def test_frozen_layer_passes_gradients_to_adapters_and_input():
-    booster = LLMBooster(16, small_spec())
+    booster = LLMBooster(16, small_spec(init="random"))
     assert all(not p.requires_grad for p in booster.llm.parameters())
     features = torch.randn(2, 16, 3, 3, requires_grad=True)
     booster(features).square().mean().backward()
@@ -104,7 +104,7 @@ def test_paper_mode_matches_the_official_formulas():
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-    spec = small_spec(attention="causal", positions="paper")
+    spec = small_spec(attention="causal", positions="paper", init="random")
     torch.manual_seed(0)
     booster = LLMBooster(16, spec).eval()
 
@@ -131,14 +131,21 @@ def test_paper_mode_matches_the_official_formulas():
     assert (reference - ours).abs().max() < 1e-6
 
 
+def test_pretrained_layer_is_a_zero_placeholder_until_loaded():
+    booster = LLMBooster(16, small_spec())
+    assert all(not t.any() for t in booster.llm.layer.state_dict().values())
+    features = torch.randn(1, 16, 3, 3)
+    assert torch.isfinite(booster(features)).all()
+
+
 def test_bf16_compute_dtype_and_no_fp16_under_autocast():
     seen = []
-    booster = LLMBooster(16, small_spec(dtype="bfloat16"))
+    booster = LLMBooster(16, small_spec(dtype="bfloat16", init="random"))
     assert booster.llm.layer.mlp.up_proj.weight.dtype == torch.bfloat16
     booster.llm.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
     with torch.autocast("cpu", dtype=torch.float16):
         out = booster(torch.randn(2, 16, 3, 3))
-    fp32 = LLMBooster(16, small_spec())
+    fp32 = LLMBooster(16, small_spec(init="random"))
     fp32.llm.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
     with torch.autocast("cpu", dtype=torch.float16):
         fp32(torch.randn(2, 16, 3, 3))

@@ -1,0 +1,127 @@
+"""Benchmark 1: loading one LLM layer, lean (ours) vs the official code's from_pretrained of the whole model.
+
+Builds once, cached in $LLM4SEG_BENCH_CACHE (default ~/.cache/llm4seg-benchmarks), checkpoints with the exact
+LLaMA-3.2-1B and DeepSeek-R1-Distill-Qwen-1.5B configs (full vocabulary and depth, bf16, one model.safetensors
+as published) and random weights. Then, each in a fresh process, alternated over repeats:
+  (a) ours:     build the layer block and stream layer 14 (27) into it with nnunetv2_llm4seg.loading;
+  (b) official: AutoModelForCausalLM.from_pretrained(folder), then keep model.model.layers[14] (27).
+Reports median wall time and peak resident memory above the process's baseline after imports.
+
+    python benchmarks/bench_loading.py [--repeats 3] [--models llama,qwen2] [--smoke]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import CACHE, MEMORY_PROBE, alternate, machine, median, run_python, write_report  # noqa: E402
+
+MODELS = {"llama": ("llama3.2-1b-l15", 14), "qwen2": ("deepseek-r1-qwen1.5b-l28", 27)}
+SMOKE_SHAPE = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
+               "num_hidden_layers": 4, "vocab_size": 256, "max_position_embeddings": 512}
+
+
+def build_checkpoint(folder: Path, config: dict) -> Path:
+    """A published-style checkpoint (config.json + one bf16 model.safetensors) with random weights, written
+    tensor by tensor from the model's own state-dict layout (the model itself is only built on the meta device)."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if (folder / "model.safetensors").is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    hf_config = AutoConfig.for_model(**config)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(hf_config)
+    generator = torch.Generator().manual_seed(0)
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight" and config.get("tie_word_embeddings"):
+            continue
+        values = torch.ones(tensor.shape) if name.endswith("norm.weight") else \
+            torch.randn(tensor.shape, generator=generator) * 0.02
+        tensors[name] = values.to(torch.bfloat16)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return folder
+
+
+OURS = MEMORY_PROBE + '''
+import json, time, torch
+from nnunetv2_llm4seg.layers import build_layer_block
+from nnunetv2_llm4seg.loading import load_into_block
+from nnunetv2_llm4seg.spec import BoosterSpec
+from nnunetv2_llm4seg.families import get_family
+config = json.load(open("{folder}/config.json"))
+spec = BoosterSpec(source="{folder}", layer={layer}, family=config["model_type"], config=config)
+family = get_family(spec.family)
+family.load_class(family.layer_class)  # imports are not what we measure
+base = rss_kib(); reset_peak(); start = time.perf_counter()
+block = build_layer_block(spec, placeholder=True)
+provenance = load_into_block(spec, block)
+seconds = time.perf_counter() - start
+layer_bytes = sum(t.numel() * t.element_size() for t in block.state_dict().values())
+print(json.dumps({{"seconds": seconds, "peak_mib": (peak_kib() - base) / 1024, "layer_mib": layer_bytes / 2**20,
+                  "dtype": str(next(block.parameters()).dtype)}}))
+'''
+
+OFFICIAL = MEMORY_PROBE + '''
+import importlib, json, time, torch
+from transformers import AutoModelForCausalLM
+model_type = json.load(open("{folder}/config.json"))["model_type"]
+importlib.import_module(f"transformers.models.{{model_type}}.modeling_{{model_type}}")  # not what we measure
+base = rss_kib(); reset_peak(); start = time.perf_counter()
+model = AutoModelForCausalLM.from_pretrained("{folder}")
+layer = model.model.layers[{layer}]
+del model
+seconds = time.perf_counter() - start
+layer_bytes = sum(t.numel() * t.element_size() for t in layer.state_dict().values())
+print(json.dumps({{"seconds": seconds, "peak_mib": (peak_kib() - base) / 1024, "layer_mib": layer_bytes / 2**20,
+                  "dtype": str(next(layer.parameters()).dtype)}}))
+'''
+
+
+def bench_model(name: str, repeats: int, smoke: bool) -> dict:
+    from nnunetv2_llm4seg.presets import load_preset
+
+    preset, layer = MODELS[name]
+    config = dict(load_preset(preset).config)
+    if smoke:
+        config.update(SMOKE_SHAPE)
+        layer = 2
+    folder = build_checkpoint(CACHE / (f"{preset}-smoke" if smoke else preset), config)
+    runs = {"ours": lambda: run_python(OURS.format(folder=folder, layer=layer)),
+            "official": lambda: run_python(OFFICIAL.format(folder=folder, layer=layer))}
+    results: dict = {}
+    for variant, samples in alternate(runs, repeats).items():
+        results[variant] = {"seconds": median([s["seconds"] for s in samples]),
+                            "peak_mib": median([s["peak_mib"] for s in samples]),
+                            "layer_mib": samples[0]["layer_mib"], "dtype": samples[0]["dtype"],
+                            "samples": samples}
+    ours, official = results["ours"], results["official"]
+    return {"preset": preset, "layer": layer, "checkpoint_gib": (folder / "model.safetensors").stat().st_size / 2**30,
+            **results,
+            "speedup": official["seconds"] / ours["seconds"],
+            "ours_peak_over_layer": ours["peak_mib"] / ours["layer_mib"],
+            "official_peak_over_ours": official["peak_mib"] / max(ours["peak_mib"], 1e-9)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", default="llama,qwen2")
+    parser.add_argument("--smoke", action="store_true", help="tiny checkpoints, one repeat: checks the script runs")
+    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "loading.json")
+    args = parser.parse_args()
+    repeats = 1 if args.smoke else args.repeats
+    report = {"benchmark": "loading", "machine": machine(), "repeats": repeats, "smoke": args.smoke,
+              "models": {name: bench_model(name, repeats, args.smoke) for name in args.models.split(",")}}
+    write_report(args.output, report)
+
+
+if __name__ == "__main__":
+    main()
