@@ -8,8 +8,19 @@ import torch
 from torch import nn
 
 from nnunetv2_llm4seg.booster import LLMBooster
-from nnunetv2_llm4seg.errors import SpecError
+from nnunetv2_llm4seg.errors import SpecConflictError, SpecError
 from nnunetv2_llm4seg.spec import BoosterSpec
+
+
+MAX_TOKENS = 4096  # per patch: attention cost grows with the square of the token count
+
+
+def check_token_budget(spec: BoosterSpec, tokens: int) -> None:
+    """Refuse a booster position whose token count would make the LLM layer dominate memory and time."""
+    if spec.has_llm_layer and tokens > MAX_TOKENS:
+        raise SpecError(f"the booster would see {tokens} tokens per patch ({spec.hidden_size} hidden each); the "
+                        f"supported budget is {MAX_TOKENS} (attention memory grows with tokens squared). Put the "
+                        "booster deeper ('stage': -1 is the bottleneck) or use a smaller patch size.")
 
 
 class BoostedUNet(nn.Module):
@@ -34,6 +45,18 @@ class BoostedUNet(nn.Module):
                 x = self.booster(x)
             skips.append(x)
         return self.decoder(skips)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """nnU-Net's load_state_dict, with a clear error when the checkpoint's booster has another shape."""
+        for name, tensor in self.booster.state_dict().items():
+            stored = state_dict.get(f"booster.{name}")
+            if stored is not None and tuple(stored.shape) != tuple(tensor.shape):
+                raise SpecConflictError(
+                    f"the checkpoint's booster.{name} has shape {tuple(stored.shape)}, but the spec this network was "
+                    f"built from gives {tuple(tensor.shape)} (hidden size {self.booster.adapter_in.out_features}): "
+                    "the plans.json (llm4seg entry) and the checkpoint come from different runs. Use the plans.json "
+                    "of the model folder the checkpoint belongs to.")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 def booster_stage_index(spec: BoosterSpec, n_stages: int) -> int:

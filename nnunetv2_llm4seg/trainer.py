@@ -16,7 +16,7 @@ from torch import nn
 from nnunetv2_llm4seg.booster import LLMBooster
 from nnunetv2_llm4seg.describe import count_parameters
 from nnunetv2_llm4seg.loading import load_into_block
-from nnunetv2_llm4seg.network import BoostedUNet, boost_unet, tokens_at_stage
+from nnunetv2_llm4seg.network import BoostedUNet, boost_unet, check_token_budget, tokens_at_stage
 from nnunetv2_llm4seg.run_spec import (check_resume, check_same_model, configured_spec, install_spec,
                                        requested_spec, spec_in_checkpoint, spec_in_results_plans)
 from nnunetv2_llm4seg.spec import BoosterSpec
@@ -97,7 +97,15 @@ class LLM4SegTrainer(nnUNetTrainer):
         spec = configured_spec(configuration_manager.configuration)
         unet = cls.build_unet(plans_manager, configuration_manager, num_input_channels, num_output_channels,
                               enable_deep_supervision)
-        return boost_unet(unet, spec)
+        network = boost_unet(unet, spec)
+        check_token_budget(spec, tokens_at_stage(configuration_manager.patch_size,
+                                                 cls.encoder_strides(configuration_manager), network.booster_stage))
+        return network
+
+    @classmethod
+    def encoder_strides(cls, configuration_manager: ConfigurationManager) -> list:
+        """Per-stage strides of build_unet's encoder (nnU-Net's networks: the plans' pooling)."""
+        return configuration_manager.pool_op_kernel_sizes
 
     @property
     def booster(self) -> LLMBooster:
@@ -144,7 +152,7 @@ class LLM4SegTrainer(nnUNetTrainer):
         frozen = sum(p.numel() for p in network.parameters() if not p.requires_grad)
         stage = network.booster_stage
         tokens = tokens_at_stage(self.configuration_manager.patch_size,
-                                 self.configuration_manager.pool_op_kernel_sizes, stage)
+                                 self.encoder_strides(self.configuration_manager), stage)
         provenance = spec.provenance or {}
         layer_state = "trainable" if spec.trainable else "frozen"
         rows = [
@@ -165,7 +173,7 @@ class LLM4SegTrainer(nnUNetTrainer):
                                add_timestamp=False)
 
 
-def schedule_variants(bases: tuple[type[LLM4SegTrainer], ...], module: str) -> dict[str, type]:
+def schedule_variants(bases: tuple[type[nnUNetTrainer], ...], module: str) -> dict[str, type]:
     """Short-schedule subclasses named like nnU-Net's own: Base_1epoch, Base_5epochs, ..., Base_500epochs."""
     variants = {}
     for base in bases:
