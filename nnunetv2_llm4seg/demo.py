@@ -110,7 +110,12 @@ def _hold_out_patients(folder: Path) -> None:
     held_out, validation = folds[0]["val"], folds[1]["val"]
     _move_cases(folder, held_out, ".png")
     training = sorted(set(_case_ids(folder / "labelsTr", ".png")) - set(validation))
-    (folder / "splits_final.json").write_text(json.dumps([{"train": training, "val": validation}], indent=2))
+    split = json.dumps([{"train": training, "val": validation}], indent=2)
+    # the raw copy and the preprocessed one (the converter placed both; nnU-Net's planner wants them equal)
+    for splits_file in (folder / "splits_final.json",
+                        Path(os.environ["nnUNet_preprocessed"]) / folder.name / "splits_final.json"):
+        if splits_file.is_file():
+            splits_file.write_text(split)
 
 
 def prepare_data(options: DemoOptions, folders: NnUNetFolders, dataset_id: int) -> DemoData:

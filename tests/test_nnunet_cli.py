@@ -22,6 +22,7 @@ from nnunetv2_llm4seg.synthetic import make_blob_dataset, make_ultrasound_datase
 pytestmark = pytest.mark.slow
 
 TRAINER = "nnUNetTrainerLLM4SegMiniLM_test"
+OFFLINE_SITE = Path(__file__).resolve().parent / "offline_site"
 DATASET_2D = "Dataset601_SyntheticUltrasound"
 DICE_THRESHOLD = 0.6  # a network that predicts nothing, everything or noise scores far below
 
@@ -98,7 +99,10 @@ def test_2d_train_predict_evaluate_and_the_model_folder_is_self_contained(projec
     assert dice > DICE_THRESHOLD, dice
 
     shutil.rmtree(trained_2d)  # the LLM source is gone and the environment names no spec or source
-    again = predict(project, tmp_path / "pred_without_source")
+    network_log = tmp_path / "network.log"  # ... and inference runs with every network access blocked
+    again = predict(project, tmp_path / "pred_without_source", PYTHONPATH=str(OFFLINE_SITE),
+                    LLM4SEG_NETWORK_LOG=str(network_log))
+    assert not network_log.exists(), network_log.read_text()
     images = sorted(p.name for p in first.glob("*.png"))
     assert len(images) == 6
     assert all((first / n).read_bytes() == (again / n).read_bytes() for n in images)
