@@ -46,20 +46,31 @@ def _set_causal_flags(module: nn.Module, causal: bool) -> None:
             submodule.is_causal = causal
 
 
-class RotaryDecoderBlock(nn.Module):
+class _LayerBlock(nn.Module):
+    """One transformers layer built from a spec, its attention direction fixed."""
+
+    def __init__(self, spec: BoosterSpec, attn_implementation: str, placeholder: bool):
+        super().__init__()
+        family = get_family(spec.family)
+        self.config = transformers_config(spec.family, spec.config, not spec.trainable, attn_implementation)
+        self.layer = _new_layer(family.load_class(family.layer_class), self.config, spec.layer, placeholder)
+        self.causal = spec.attention == "causal"
+        _set_causal_flags(self.layer, self.causal)
+
+    def attention_mask(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        return causal_mask(hidden.shape[1], hidden.dtype, hidden.device) if self.causal else None
+
+
+class RotaryDecoderBlock(_LayerBlock):
     """A LLaMA / Qwen2 / Mistral decoder layer fed with rotary, no or paper-compatible positions."""
 
     def __init__(self, spec: BoosterSpec, attn_implementation: str = DEFAULT_ATTN_IMPLEMENTATION,
                  placeholder: bool = False):
-        super().__init__()
+        super().__init__(spec, attn_implementation, placeholder)
         family = get_family(spec.family)
-        config = transformers_config(spec.family, spec.config, not spec.trainable, attn_implementation)
-        self.layer = _new_layer(family.load_class(family.layer_class), config, spec.layer, placeholder)
-        self.rotary = family.load_class(family.rotary_class)(config) if spec.positions == "native" else None
+        self.rotary = family.load_class(family.rotary_class)(self.config) if spec.positions == "native" else None
         self.positions = spec.positions
-        self.causal = spec.attention == "causal"
-        self.head_dim = head_dim(config)
-        _set_causal_flags(self.layer, self.causal)
+        self.head_dim = head_dim(self.config)
 
     def position_embeddings(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The (cos, sin) pair the layer unpacks, shape (1, N, head_dim) or (1, N, 1)."""
@@ -77,24 +88,19 @@ class RotaryDecoderBlock(nn.Module):
         return torch.sin(index).to(hidden.dtype), torch.cos(index).to(hidden.dtype)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        mask = causal_mask(hidden.shape[1], hidden.dtype, hidden.device) if self.causal else None
-        output = self.layer(hidden, attention_mask=mask, position_embeddings=self.position_embeddings(hidden))
+        output = self.layer(hidden, attention_mask=self.attention_mask(hidden),
+                            position_embeddings=self.position_embeddings(hidden))
         return _hidden_states(output)
 
 
-class BertEncoderBlock(nn.Module):
+class BertEncoderBlock(_LayerBlock):
     """A BERT encoder layer, optionally with the model's learned absolute position embeddings added first."""
 
     def __init__(self, spec: BoosterSpec, attn_implementation: str = DEFAULT_ATTN_IMPLEMENTATION,
                  placeholder: bool = False):
-        super().__init__()
-        family = get_family(spec.family)
-        config = transformers_config(spec.family, spec.config, not spec.trainable, attn_implementation)
-        self.layer = _new_layer(family.load_class(family.layer_class), config, spec.layer, placeholder)
-        self.position_table = (nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        super().__init__(spec, attn_implementation, placeholder)
+        self.position_table = (nn.Embedding(self.config.max_position_embeddings, self.config.hidden_size)
                                if spec.positions == "native" else None)
-        self.causal = spec.attention == "causal"
-        _set_causal_flags(self.layer, self.causal)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         tokens = hidden.shape[1]
@@ -104,8 +110,7 @@ class BertEncoderBlock(nn.Module):
                                 f"{self.position_table.num_embeddings} only; use a smaller patch or a deeper "
                                 "stage, or set positions to 'none'.")
             hidden = hidden + self.position_table.weight[:tokens].to(hidden.dtype)
-        mask = causal_mask(tokens, hidden.dtype, hidden.device) if self.causal else None
-        return _hidden_states(self.layer(hidden, attention_mask=mask))
+        return _hidden_states(self.layer(hidden, attention_mask=self.attention_mask(hidden)))
 
 
 def build_layer_block(spec: BoosterSpec, attn_implementation: str = DEFAULT_ATTN_IMPLEMENTATION,
