@@ -180,12 +180,13 @@ def _stream_tensors(plan: LayerReadPlan) -> Iterator[tuple[str, torch.Tensor]]:
             state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
             yield from ((name, state[name]) for name in names)
             continue
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                for name in names:
-                    yield name, handle.get_tensor(name)
-        except (SafetensorError, OSError, ValueError) as error:
-            raise _unreadable(path, error) from None
+        for name in names:  # the file is mapped per tensor: only one tensor's pages are resident at a time
+            try:
+                with safe_open(str(path), framework="pt") as handle:
+                    tensor = handle.get_tensor(name)
+            except (SafetensorError, OSError, ValueError) as error:
+                raise _unreadable(path, error) from None
+            yield name, tensor
 
 
 def plan_layer_read(spec: BoosterSpec, block: torch.nn.Module) -> LayerReadPlan:
