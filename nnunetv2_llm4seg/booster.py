@@ -35,8 +35,9 @@ def init_like_paper(module: nn.Module) -> None:
 class LLMBooster(nn.Module):
     """Adapters C -> hidden -> C around one (frozen) LLM layer; any 2D/3D shape, batch size and device.
 
-    The LLM layer computes in the spec's dtype and the output adapter in float32, both with autocast switched
-    off, so nnU-Net's fp16 autocast never reaches them. A frozen layer has requires_grad False but passes gradients through to the adapters and CNN.
+    The LLM layer computes in the spec's dtype and the output adapter in float32, outside nnU-Net's fp16
+    autocast. A frozen layer is stored in the compute dtype; a trainable one keeps float32 weights and computes
+    under bf16 autocast when the spec asks for bfloat16. A frozen layer has requires_grad False but passes gradients through to the adapters and CNN.
     """
 
     def __init__(self, channels: int, spec: BoosterSpec, attn_implementation: str = DEFAULT_ATTN_IMPLEMENTATION):
@@ -48,10 +49,12 @@ class LLMBooster(nn.Module):
         self.adapter_out = nn.Linear(spec.hidden_size, channels)
         self.residual = spec.residual
         self.compute_dtype = getattr(torch, spec.dtype)
+        self.llm_trainable = spec.trainable
         if self.llm is not None:
             if spec.init == "random":
                 init_like_paper(self.llm)
-            self.llm.to(self.compute_dtype)
+            if not spec.trainable:  # a frozen layer is stored in its compute dtype; a trainable one keeps fp32
+                self.llm.to(self.compute_dtype)
             self.llm.requires_grad_(spec.trainable)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -60,7 +63,14 @@ class LLMBooster(nn.Module):
         # LLM activations can exceed fp16's range: the layer and the adapter that reads it run outside autocast.
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             if self.llm is not None:
-                hidden = self.llm(hidden.to(self.compute_dtype))
+                hidden = self._run_llm(hidden)
             boosted = self.adapter_out(hidden.to(self.adapter_out.weight.dtype))
         boosted = tokens_to_features(boosted, features.shape[2:])
         return features + boosted if self.residual else boosted
+
+    def _run_llm(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.llm_trainable and self.compute_dtype != torch.float32:
+            # float32 master weights (optimizer updates are not lost to rounding), compute in the spec's dtype
+            with torch.autocast(device_type=hidden.device.type, dtype=self.compute_dtype):
+                return self.llm(hidden.float())
+        return self.llm(hidden.to(self.compute_dtype))

@@ -153,6 +153,17 @@ def test_bf16_compute_dtype_and_no_fp16_under_autocast():
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
 
 
+def test_trainable_bf16_layer_keeps_fp32_master_weights_and_computes_in_bf16():
+    booster = LLMBooster(16, small_spec(dtype="bfloat16", init="random", trainable=True))
+    linear = booster.llm.layer.mlp.up_proj
+    outputs = []
+    linear.register_forward_hook(lambda module, args, output: outputs.append(output.dtype))
+    with torch.autocast("cpu", dtype=torch.float16):  # nnU-Net's AMP must not reach the layer
+        booster(torch.randn(2, 16, 3, 3)).sum().backward()
+    assert linear.weight.dtype == torch.float32 and linear.weight.grad.dtype == torch.float32
+    assert outputs == [torch.bfloat16]
+
+
 def test_bert_learned_positions_limit_is_explained():
     booster = LLMBooster(8, small_spec("bert"))
     booster(torch.randn(1, 8, 8, 16))  # 128 tokens: exactly the table size
