@@ -4,7 +4,9 @@ Builds once, cached in $LLM4SEG_BENCH_CACHE (default ~/.cache/llm4seg-benchmarks
 LLaMA-3.2-1B and DeepSeek-R1-Distill-Qwen-1.5B configs (full vocabulary and depth, bf16, one model.safetensors
 as published) and random weights. Then, each in a fresh process, alternated over repeats:
   (a) ours:     build the layer block and stream layer 14 (27) into it with nnunetv2_llm4seg.loading;
-  (b) official: AutoModelForCausalLM.from_pretrained(folder), then keep model.model.layers[14] (27).
+  (b) official: AutoModelForCausalLM.from_pretrained(folder), then keep model.model.layers[14] (27) and use it
+      (read every weight once); with the installed transformers' default dtype (5.x: bf16, lazily memory-mapped)
+      and with float32, the default of the transformers 4.x the official code was written for.
 Reports median wall time and peak resident memory above the process's baseline after imports.
 
     python benchmarks/bench_loading.py [--repeats 3] [--models llama,qwen2] [--smoke]
@@ -75,9 +77,10 @@ from transformers import AutoModelForCausalLM
 model_type = json.load(open("{folder}/config.json"))["model_type"]
 importlib.import_module(f"transformers.models.{{model_type}}.modeling_{{model_type}}")  # not what we measure
 base = rss_kib(); reset_peak(); start = time.perf_counter()
-model = AutoModelForCausalLM.from_pretrained("{folder}")
+model = AutoModelForCausalLM.from_pretrained("{folder}"{dtype_argument})
 layer = model.model.layers[{layer}]
 del model
+checksum = sum(float(p.float().sum()) for p in layer.parameters())  # use the layer: lazily mapped weights load
 seconds = time.perf_counter() - start
 layer_bytes = sum(t.numel() * t.element_size() for t in layer.state_dict().values())
 print(json.dumps({{"seconds": seconds, "peak_mib": (peak_kib() - base) / 1024, "layer_mib": layer_bytes / 2**20,
@@ -95,19 +98,21 @@ def bench_model(name: str, repeats: int, smoke: bool) -> dict:
         layer = 2
     folder = build_checkpoint(CACHE / (f"{preset}-smoke" if smoke else preset), config)
     runs = {"ours": lambda: run_python(OURS.format(folder=folder, layer=layer)),
-            "official": lambda: run_python(OFFICIAL.format(folder=folder, layer=layer))}
+            "official": lambda: run_python(OFFICIAL.format(folder=folder, layer=layer, dtype_argument="")),
+            "official_fp32": lambda: run_python(OFFICIAL.format(folder=folder, layer=layer,
+                                                                dtype_argument=", dtype=torch.float32"))}
     results: dict = {}
     for variant, samples in alternate(runs, repeats).items():
         results[variant] = {"seconds": median([s["seconds"] for s in samples]),
                             "peak_mib": median([s["peak_mib"] for s in samples]),
                             "layer_mib": samples[0]["layer_mib"], "dtype": samples[0]["dtype"],
                             "samples": samples}
-    ours, official = results["ours"], results["official"]
+    ours = results["ours"]
     return {"preset": preset, "layer": layer, "checkpoint_gib": (folder / "model.safetensors").stat().st_size / 2**30,
-            **results,
-            "speedup": official["seconds"] / ours["seconds"],
-            "ours_peak_over_layer": ours["peak_mib"] / ours["layer_mib"],
-            "official_peak_over_ours": official["peak_mib"] / max(ours["peak_mib"], 1e-9)}
+            **results, "ours_peak_over_layer": ours["peak_mib"] / ours["layer_mib"],
+            **{f"speedup_vs_{name}": results[name]["seconds"] / ours["seconds"] for name in ("official", "official_fp32")},
+            **{f"{name}_peak_over_ours": results[name]["peak_mib"] / max(ours["peak_mib"], 1e-9)
+               for name in ("official", "official_fp32")}}
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ Same plans, same fixed batch, same seed. Each measurement is a fresh process tha
 loss, backward, gradient clipping, optimizer step); variants alternate (stock, LLM4Seg, stock, ...) and the
 report gives medians, the step-time ratio and the peak resident memory above the process baseline.
 
-    python benchmarks/bench_training_step.py [--repeats 3] [--steps 5] [--configs 2d,3d] [--smoke]
+    python benchmarks/bench_training_step.py [--repeats 3] [--steps 5] [--configs 2d,3d] [--dtype D] [--smoke]
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from common import CACHE, MEMORY_PROBE, alternate, machine, median, run_python, 
 # (dataset id, configuration, generator arguments, batch size) sized for a 2-core CPU.
 SETUPS = {
     "2d": (901, "2d", {"kind": "2d", "size": 256, "cases": 8}, 4),
-    "3d": (902, "3d_fullres", {"kind": "3d", "shape": [48, 96, 96], "cases": 4}, 2),
+    "3d": (902, "3d_fullres", {"kind": "3d", "shape": [48, 96, 96], "cases": 6}, 2),
 }
 SMOKE = {"2d": (911, "2d", {"kind": "2d", "size": 48, "cases": 6}, 2),
          "3d": (912, "3d_fullres", {"kind": "3d", "shape": [16, 32, 32], "cases": 6}, 1)}
@@ -97,11 +97,15 @@ print(json.dumps({{"step_seconds": statistics.median(times), "peak_mib_above_bas
 '''
 
 
-def bench_config(name: str, repeats: int, steps: int, smoke: bool) -> dict:
+def llm_spec(smoke: bool, dtype: str | None) -> dict:
+    return {**(SMOKE_SPEC if smoke else LLM_SPEC), **({"dtype": dtype} if dtype else {})}
+
+
+def bench_config(name: str, repeats: int, steps: int, smoke: bool, dtype: str | None) -> dict:
     dataset_id, configuration, data, batch = (SMOKE if smoke else SETUPS)[name]
     root = CACHE / ("training-smoke" if smoke else "training")
     dataset = prepare(root, dataset_id, configuration, data)
-    spec = json.dumps(SMOKE_SPEC if smoke else LLM_SPEC)
+    spec = json.dumps(llm_spec(smoke, dtype))
     env = nnunet_folders(root)
 
     def measure(trainer: str):
@@ -126,13 +130,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--configs", default="2d,3d")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="LLM compute dtype (default: the preset's)")
     parser.add_argument("--smoke", action="store_true", help="tiny data and MiniLM, one repeat")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "training_step.json")
     args = parser.parse_args()
     repeats, steps = (1, 2) if args.smoke else (args.repeats, args.steps)
     report = {"benchmark": "training_step", "machine": machine(), "repeats": repeats, "steps": steps,
-              "smoke": args.smoke, "llm_spec": SMOKE_SPEC if args.smoke else LLM_SPEC,
-              "configs": {name: bench_config(name, repeats, steps, args.smoke) for name in args.configs.split(",")}}
+              "smoke": args.smoke, "llm_spec": llm_spec(args.smoke, args.dtype),
+              "configs": {name: bench_config(name, repeats, steps, args.smoke, args.dtype)
+                          for name in args.configs.split(",")}}
     write_report(args.output, report)
 
 
