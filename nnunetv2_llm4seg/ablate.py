@@ -140,13 +140,36 @@ def _table(results: list[RowResult]) -> tuple[list[str], list[list[str]], list[l
     return header, markdown, [csv_header, *csv_rows]
 
 
+def _ensure_preprocessed(dataset: str, folder: Path, options: AblationOptions, log: Path) -> None:
+    """Plan and preprocess with nnU-Net's defaults when nothing is there; refuse other half-prepared states."""
+    plans_file = folder / f"{options.plans}.json"
+    if not plans_file.is_file():
+        if options.plans != "nnUNetPlans":
+            raise ExperimentError(f"{plans_file} does not exist: plan and preprocess first, e.g. "
+                                  f"nnUNetv2_plan_and_preprocess -d {dataset[7:10]} -pl <planner> -c "
+                                  f"{options.configuration}.")
+        plan_and_preprocess(int(dataset[7:10]), options.configuration, log)
+    configurations = json.loads(plans_file.read_text())["configurations"]
+    if options.configuration not in configurations:
+        raise ExperimentError(f"{plans_file} has no configuration {options.configuration!r}; available: "
+                              f"{', '.join(configurations)}.")
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    data = PlansManager(str(plans_file)).get_configuration(options.configuration).data_identifier
+    if not (folder / data).is_dir():
+        raise ExperimentError(f"configuration {options.configuration!r} of {options.plans} is not preprocessed "
+                              f"({folder / data} is missing): run nnUNetv2_preprocess -d {dataset[7:10]} -plans_name "
+                              f"{options.plans} -c {options.configuration}.")
+
+
 def run_ablation(options: AblationOptions) -> Path:
     """Train what is missing, then write ablation.md, ablation.csv, ablation_per_case.csv and ablation_dice.png."""
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_results
 
     unknown = [row for row in options.rows if row not in ROWS and not row.startswith("nnUNetTrainer")]
     if unknown:
-        raise ExperimentError(f"unknown row(s) {', '.join(unknown)}; rows are {', '.join(ROWS)} or trainer names.")
+        raise ExperimentError(f"unknown row(s) {', '.join(unknown)}; rows are {', '.join(ROWS)} or trainer class "
+                              "names (nnUNetTrainer...).")
     cpu_friendly_defaults(options.device)
     dataset = _dataset_name(options.dataset)
     folder = Path(str(nnUNet_preprocessed)) / dataset
@@ -154,8 +177,7 @@ def run_ablation(options: AblationOptions) -> Path:
                                 f"llm4seg_ablation__{_plans_name(options)}__{options.configuration}")
     output.mkdir(parents=True, exist_ok=True)
     log = output / "nnunet.log"
-    if not (folder / f"{options.plans}.json").is_file():
-        plan_and_preprocess(int(dataset[7:10]), options.configuration, log)
+    _ensure_preprocessed(dataset, folder, options, log)
     plans = write_plans_variant(folder, options.plans, _plans_name(options), options.configuration,
                                 llm4seg_entry=_plans_entry(options.preset))
     results = [run_row(options, dataset, plans, row, log) for row in options.rows]
@@ -182,6 +204,8 @@ def add_ablate_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--rows", default=",".join(defaults.rows),
                         help=f"comma-separated: {', '.join(ROWS)} or trainer class names")
     parser.add_argument("--preset", default=defaults.preset, help="preset name or spec JSON for the LLM rows")
+    parser.add_argument("--source", help="read the LLM layer from here (local model folder or hub id), as "
+                                         "nnUNet_llm4seg_source does")
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--iterations", type=int, default=defaults.iterations, help="training iterations per epoch")
     parser.add_argument("-p", "--plans", default=defaults.plans, help="nnU-Net plans identifier to start from")
@@ -193,8 +217,12 @@ def add_ablate_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
+    import os
+
     import torch
 
+    if args.source:
+        os.environ["nnUNet_llm4seg_source"] = args.source
     options = AblationOptions(dataset=args.dataset, configuration=args.configuration, folds=tuple(args.folds),
                               rows=tuple(r.strip() for r in args.rows.split(",") if r.strip()), preset=args.preset,
                               epochs=args.epochs, iterations=args.iterations, plans=args.plans,

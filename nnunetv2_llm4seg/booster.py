@@ -54,7 +54,7 @@ class LLMBooster(nn.Module):
             if spec.init == "random":
                 init_like_paper(self.llm)
             if not spec.trainable:  # a frozen layer is stored in its compute dtype; a trainable one keeps fp32
-                self.llm.to(self.compute_dtype)
+                self.llm.store_weights_in(self.compute_dtype)
             self.llm.requires_grad_(spec.trainable)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -118,7 +119,7 @@ def _hold_out_patients(folder: Path) -> None:
             splits_file.write_text(split)
 
 
-def prepare_data(options: DemoOptions, folders: NnUNetFolders, dataset_id: int) -> DemoData:
+def prepare_data(options: DemoOptions, folders: NnUNetFolders, dataset_id: int, user_raw: Path) -> DemoData:
     """Write the demo's raw dataset (never touching existing ones) with held-out cases in imagesTs/labelsTs."""
     from nnunetv2_llm4seg.converters import convert_dataset
     from nnunetv2_llm4seg.synthetic import make_ultrasound_dataset
@@ -136,7 +137,7 @@ def prepare_data(options: DemoOptions, folders: NnUNetFolders, dataset_id: int) 
         else:
             _hold_out_randomly(folder, options.held_out_fraction, options.seed, ".png")
     elif kind == "nnunet" and location:
-        folder = _copy_nnunet_dataset(location, folders, dataset_id)
+        folder = _copy_nnunet_dataset(location, user_raw, folders, dataset_id)
         ending = json.loads((folder / "dataset.json").read_text())["file_ending"]
         if ending == ".png":
             _resize_pngs(folder, options.image_size)
@@ -147,11 +148,11 @@ def prepare_data(options: DemoOptions, folders: NnUNetFolders, dataset_id: int) 
     return DemoData(folder.name, folder / "imagesTs", folder / "labelsTs")
 
 
-def _copy_nnunet_dataset(name: str, folders: NnUNetFolders, dataset_id: int) -> Path:
+def _copy_nnunet_dataset(name: str, raw: Path, folders: NnUNetFolders, dataset_id: int) -> Path:
     """Copy a user's raw dataset (read only) to a new id; its own folder stays untouched."""
-    raw = Path(os.environ.get("nnUNet_raw", folders.raw))
-    if name.isdigit():
-        matches = sorted(raw.glob(f"Dataset{int(name):03d}_*"))
+    number = re.fullmatch(r"(?:Dataset)?(\d{1,3})", name)
+    if number:
+        matches = sorted(raw.glob(f"Dataset{int(number.group(1)):03d}_*"))
     else:
         matches = [raw / name] if (raw / name).is_dir() else []
     if not matches:
@@ -164,7 +165,7 @@ def _copy_nnunet_dataset(name: str, folders: NnUNetFolders, dataset_id: int) -> 
 
 
 def _read_2d(path: Path) -> np.ndarray:
-    """A 2D array for display: PNG as is; volumes at the slice with the most foreground (or the middle one)."""
+    """A 2D array for display: PNG as is; volumes at their middle slice."""
     if path.suffix == ".png":
         from PIL import Image
 
@@ -192,12 +193,13 @@ def run_demo(options: DemoOptions) -> str:
     _check_writable(options.output)
     started = time.time()
     folders = NnUNetFolders.choose(options.output)
+    user_raw = Path(os.environ.get("nnUNet_raw") or folders.raw)  # where nnunet:DatasetNNN is looked up
     folders.activate()
     cpu_friendly_defaults(options.device)
     log = options.output / "nnunet.log"
     steps = tqdm(total=2 + 2 * len(options.trainers), desc="llm4seg demo", unit="step", disable=not options.progress,
                  position=1, leave=False)
-    data = prepare_data(options, folders, folders.free_dataset_id())
+    data = prepare_data(options, folders, folders.free_dataset_id(), user_raw)
     steps.update(1)
     dataset_id = int(data.dataset[7:10])
     plan_and_preprocess(dataset_id, CONFIGURATION, log)

@@ -153,6 +153,17 @@ class TrainingRun:
         return self.fold_folder.parent
 
 
+def _check_existing_model(trainer: Any, model_folder: Path) -> None:
+    """Finished folds are only reused when the model folder holds the network this run asks for."""
+    if not hasattr(trainer, "llm4seg_spec"):
+        return
+    from nnunetv2_llm4seg.run_spec import check_same_model, spec_in_results_plans
+
+    stored = spec_in_results_plans(model_folder / "plans.json", trainer.configuration_name)
+    if stored is not None:
+        check_same_model(trainer.llm4seg_spec, stored, str(model_folder))
+
+
 def _network_on_meta(trainer: Any) -> Any:
     """The trainer's network built on the meta device: structure and requires_grad, no weights loaded."""
     import torch
@@ -187,14 +198,18 @@ def train_fold(dataset: str, configuration: str, fold: int, trainer_name: str, p
     with quiet(log_file):
         trainer = trainer_class(plans_dict, configuration, fold, dataset_json, device=torch.device(device))
     fold_folder = Path(trainer.output_folder)
-    finished = (fold_folder / "checkpoint_final.pth").is_file() and (
-        not validate or (fold_folder / "validation" / "summary.json").is_file())
-    if finished:
+    _check_existing_model(trainer, fold_folder.parent)
+    final, latest = fold_folder / "checkpoint_final.pth", fold_folder / "checkpoint_latest.pth"
+    if final.is_file() and (not validate or (fold_folder / "validation" / "summary.json").is_file()):
         return TrainingRun(trainer_name, fold_folder, 0.0, *_parameter_counts(_network_on_meta(trainer)), skipped=True)
     trainer.num_epochs = schedule.epochs
     trainer.num_iterations_per_epoch = schedule.iterations
     trainer.num_val_iterations_per_epoch = schedule.val_iterations
-    bar = tqdm(total=schedule.epochs, desc=f"{trainer_name} fold {fold}", unit="epoch", disable=not progress)
+    if final.is_file() or latest.is_file():  # validate a finished fold, or continue an interrupted one
+        with quiet(log_file):
+            trainer.load_checkpoint(str(final if final.is_file() else latest))
+    bar = tqdm(total=schedule.epochs, initial=min(trainer.current_epoch, schedule.epochs),
+               desc=f"{trainer_name} fold {fold}", unit="epoch", disable=not progress)
     end_of_epoch = trainer.on_epoch_end
 
     def on_epoch_end() -> None:
@@ -205,7 +220,8 @@ def train_fold(dataset: str, configuration: str, fold: int, trainer_name: str, p
 
     trainer.on_epoch_end = on_epoch_end
     with quiet(log_file):
-        trainer.run_training()
+        if not final.is_file():
+            trainer.run_training()
         if validate:
             trainer.perform_actual_validation()
     bar.close()

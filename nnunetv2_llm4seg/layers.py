@@ -30,7 +30,7 @@ def _hidden_states(output: torch.Tensor | tuple) -> torch.Tensor:
 def _new_layer(layer_class: type, config, index: int, placeholder: bool) -> nn.Module:
     """The transformers layer; as a zero-filled placeholder when pre-trained weights will overwrite it anyway
     (allocating without random init is much faster for a 60M-parameter layer)."""
-    if not placeholder:
+    if not placeholder or torch.empty(()).is_meta:  # under torch.device("meta") nothing is materialised
         return layer_class(config, layer_idx=index)
     with torch.device("meta"):
         layer = layer_class(config, layer_idx=index)
@@ -59,6 +59,14 @@ class _LayerBlock(nn.Module):
 
     def attention_mask(self, hidden: torch.Tensor) -> torch.Tensor | None:
         return causal_mask(hidden.shape[1], hidden.dtype, hidden.device) if self.causal else None
+
+    def store_weights_in(self, dtype: torch.dtype) -> None:
+        """Cast the weights only: buffers such as the rotary frequencies stay float32, as in the model itself."""
+        for module in self.weight_modules():
+            module.to(dtype)
+
+    def weight_modules(self) -> list[nn.Module]:
+        return [self.layer]
 
 
 class RotaryDecoderBlock(_LayerBlock):
@@ -101,6 +109,9 @@ class BertEncoderBlock(_LayerBlock):
         super().__init__(spec, attn_implementation, placeholder)
         self.position_table = (nn.Embedding(self.config.max_position_embeddings, self.config.hidden_size)
                                if spec.positions == "native" else None)
+
+    def weight_modules(self) -> list[nn.Module]:
+        return [self.layer] + ([self.position_table] if self.position_table is not None else [])
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         tokens = hidden.shape[1]

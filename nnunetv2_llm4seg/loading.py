@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,9 +111,20 @@ def _weight_map(source: LocalFolder | HubRepo, allow_pickle: bool) -> tuple[dict
                               "code when loaded; refused. Convert them to safetensors, or set "
                               "\"allow_pickle\": true in the spec if you trust this file.")
     if pickle_index is not None:
-        return dict(json.loads(pickle_index.read_text())["weight_map"]), "pickle"
-    names = torch.load(pickle_single, map_location="cpu", mmap=True, weights_only=True).keys()
-    return {name: PICKLE_SINGLE for name in names}, "pickle"
+        try:
+            return dict(json.loads(pickle_index.read_text())["weight_map"]), "pickle"
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise CheckpointError(f"{pickle_index} is not a valid index ({error}); re-download it.") from None
+    return {name: PICKLE_SINGLE for name in _load_pickle(pickle_single)}, "pickle"
+
+
+def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
+    """PyTorch weights (only after the user opted in), with weights_only=True: no arbitrary objects."""
+    try:
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as error:
+        raise CheckpointError(f"{path} cannot be read as PyTorch weights ({error}); re-download it, or convert "
+                              "it to safetensors.") from None
 
 
 def _unreadable(path: Path, error: Exception) -> CheckpointError:
@@ -177,7 +189,7 @@ def _stream_tensors(plan: LayerReadPlan) -> Iterator[tuple[str, torch.Tensor]]:
             raise CheckpointError(f"{plan.source.label}: shard {file_name} listed in the index is missing; "
                                   "download it into the model folder.")
         if plan.fmt == "pickle":
-            state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            state = _load_pickle(path)
             yield from ((name, state[name]) for name in names)
             continue
         for name in names:  # the file is mapped per tensor: only one tensor's pages are resident at a time

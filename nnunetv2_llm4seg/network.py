@@ -17,6 +17,11 @@ MAX_TOKENS = 4096  # per patch: attention cost grows with the square of the toke
 
 def check_token_budget(spec: BoosterSpec, tokens: int) -> None:
     """Refuse a booster position whose token count would make the LLM layer dominate memory and time."""
+    positions = spec.config.get("max_position_embeddings")
+    if spec.has_llm_layer and spec.family == "bert" and spec.positions == "native" and tokens > positions:
+        raise SpecError(f"the booster would see {tokens} tokens per patch, but {spec.family} layers have learned "
+                        f"positions for {positions} only: put the booster deeper ('stage': -1 is the bottleneck), "
+                        "use a smaller patch, or set 'positions' to 'none'.")
     if spec.has_llm_layer and tokens > MAX_TOKENS:
         raise SpecError(f"the booster would see {tokens} tokens per patch ({spec.hidden_size} hidden each); the "
                         f"supported budget is {MAX_TOKENS} (attention memory grows with tokens squared). Put the "

@@ -1,8 +1,8 @@
 """Presets (JSON files in plans/) and turning a user's reference into a spec.
 
 A reference is a preset name, a path to a spec JSON file, or a spec object. A spec object may start from a
-preset ({"preset": "minilm-l6", "trainable": true}) and may leave out "config" when its source is a local
-folder or package: then the model's own config.json is read.
+preset ({"preset": "minilm-l6", "trainable": true}) and may leave out "config": then the model's own
+config.json is read from its source (a local folder or package; for a hub id, config.json is downloaded).
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Which spec an nnU-Net run uses, and where it is stored so that a trained model needs nothing else.
 
-Requested spec, in this order: the configuration's "llm4seg" entry in the plans file, then the environment
-(nnUNet_llm4seg_spec replaces the spec, nnUNet_llm4seg_source points it at another copy of the model), then
-the trainer's default preset; the trainer's ablation overrides (trainable, init) are applied last.
+Requested spec, in this order: the configuration's "llm4seg" entry in the plans file, then nnUNet_llm4seg_spec,
+then the trainer's default preset; nnUNet_llm4seg_source then points whichever spec at another copy of the model,
+and the trainer's ablation overrides (trainable, init) are applied last.
 The resolved spec is written into the run's plans (configuration entry "llm4seg"), hence into the results
 folder's plans.json and every checkpoint; inference, --c and --val read it back from there.
 """
@@ -50,7 +50,7 @@ def requested_spec(configuration: Mapping[str, Any], default_preset: str,
         spec, origin = load_spec(env_spec, where=SPEC_VARIABLE), SPEC_VARIABLE
     else:
         spec, origin = load_preset(default_preset), TRAINER_DEFAULT
-    if env_source and entry is None:
+    if env_source:  # where the weights are read from: also for a plans entry (it does not change the network)
         spec = spec.replace(source=env_source)
         origin = SOURCE_VARIABLE if origin == TRAINER_DEFAULT else f"{origin} + {SOURCE_VARIABLE}"
     return RequestedSpec(spec.replace(provenance=None, **overrides), origin)
@@ -103,10 +103,11 @@ def _describe(diff: Mapping[str, tuple]) -> str:
 
 
 def check_resume(requested: RequestedSpec, stored: BoosterSpec, where: str) -> None:
-    """Resuming (--c, --val) uses the stored spec; an explicitly requested different spec is an error."""
+    """Resuming (--c, --val) uses the stored spec and the checkpoint's weights; an explicitly requested spec that
+    would build another network is an error (where the weights would be read from does not matter)."""
     if not requested.explicit:
         return
-    diff = requested.spec.differences(stored)
+    diff = requested.spec.differences(stored, ignore=DESCRIPTIVE_FIELDS + LOCATION_FIELDS)
     if diff:
         raise SpecConflictError(
             f"the run in {where} was trained with another LLM4Seg spec than the one requested by "

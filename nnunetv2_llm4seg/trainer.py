@@ -46,6 +46,7 @@ class LLM4SegTrainer(nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):
         configuration_dict = PlansManager(plans).get_configuration(configuration).configuration
         self.requested = requested_spec(configuration_dict, self.default_preset, self.spec_overrides)
+        self._checkpoint_specs: dict[str, BoosterSpec | None] = {}
         spec = self.requested.spec
         if plans.get("continue_training"):
             spec = self._spec_to_resume(plans, configuration, fold) or spec
@@ -75,11 +76,17 @@ class LLM4SegTrainer(nnUNetTrainer):
         for name in CHECKPOINTS_FOR_RESUME:
             path = os.path.join(folder, name)
             if os.path.isfile(path):
-                stored = spec_in_checkpoint(path, configuration)
-                if stored is not None:
-                    check_resume(self.requested, stored, path)
-                return stored
+                return self._checkpoint_spec(path, configuration)
         return None
+
+    def _checkpoint_spec(self, path: str, configuration: str) -> BoosterSpec | None:
+        """The spec a checkpoint was trained with, checked against the requested one (each file read once)."""
+        if path not in self._checkpoint_specs:
+            stored = spec_in_checkpoint(path, configuration)
+            if stored is not None:
+                check_resume(self.requested, stored, path)
+            self._checkpoint_specs[path] = stored
+        return self._checkpoint_specs[path]
 
     # ---- network -----------------------------------------------------------------------------------
     @classmethod
@@ -129,9 +136,8 @@ class LLM4SegTrainer(nnUNetTrainer):
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
         """Adopt the checkpoint's spec before the network is built; its weights include the LLM layer."""
         if not self.was_initialized and isinstance(filename_or_checkpoint, str):
-            stored = spec_in_checkpoint(filename_or_checkpoint, self.configuration_name)
+            stored = self._checkpoint_spec(filename_or_checkpoint, self.configuration_name)
             if stored is not None:
-                check_resume(self.requested, stored, filename_or_checkpoint)
                 self._install(stored)
             self.weights_from_checkpoint = True
         super().load_checkpoint(filename_or_checkpoint)

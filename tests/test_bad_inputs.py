@@ -130,6 +130,12 @@ def booster_too_many_tokens(tmp_path, model, monkeypatch):
     check_token_budget(load_preset("llama3.2-1b-l15").replace(stage=-4), 128 * 128)
 
 
+def beyond_learned_positions(tmp_path, model, monkeypatch):
+    from nnunetv2_llm4seg.network import check_token_budget
+
+    check_token_budget(load_preset("minilm-l6").replace(stage=-2), 8 * 8 * 10)
+
+
 def hidden_mismatch_after_resume(tmp_path, model, monkeypatch):
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
@@ -239,6 +245,8 @@ CASES = {
                                    ["is gated", "HF_TOKEN", "nnUNet_llm4seg_source"]),
     "unknown family": (raises_case(unknown_family), ["'gpt2' is not supported", "llama, qwen2, mistral, bert"]),
     "bottleneck too large": (raises_case(booster_too_many_tokens), ["16384 tokens", "deeper", "smaller patch"]),
+    "beyond BERT's learned positions": (raises_case(beyond_learned_positions),
+                                        ["640 tokens", "positions for 512 only", "'positions' to 'none'"]),
     "hidden size mismatch after resume": (raises_case(hidden_mismatch_after_resume),
                                           ["booster.adapter_in.weight has shape (384, 32)", "plans.json"]),
     "resume with another spec": (raises_case(resume_with_other_spec), ["layer: 3 vs 4", "unset nnUNet_llm4seg_spec"]),

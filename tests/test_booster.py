@@ -153,6 +153,23 @@ def test_bf16_compute_dtype_and_no_fp16_under_autocast():
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
 
 
+def test_frozen_bf16_layer_keeps_the_rotary_frequencies_in_float32():
+    spec = load_preset("llama3.2-1b-l15").replace(init="random", config={**load_preset("llama3.2-1b-l15").config,
+                                                                          "num_hidden_layers": 16})
+    torch.manual_seed(0)
+    booster = LLMBooster(8, spec)
+    assert booster.llm.layer.mlp.up_proj.weight.dtype == torch.bfloat16
+    reference = build_layer_block(spec.replace(dtype="float32")).rotary.inv_freq
+    assert booster.llm.rotary.inv_freq.dtype == torch.float32
+    assert torch.equal(booster.llm.rotary.inv_freq, reference)
+
+
+def test_nothing_is_allocated_under_the_meta_device():
+    with torch.device("meta"):
+        booster = LLMBooster(1024, load_preset("llama3.2-1b-l15"))
+    assert all(t.is_meta for t in booster.state_dict().values())
+
+
 def test_trainable_bf16_layer_keeps_fp32_master_weights_and_computes_in_bf16():
     booster = LLMBooster(16, small_spec(dtype="bfloat16", init="random", trainable=True))
     linear = booster.llm.layer.mlp.up_proj

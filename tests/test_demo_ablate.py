@@ -129,3 +129,44 @@ def test_busbra_real_data_brief_training_beats_an_untrained_network(tmp_path):
     assert summary["cases"] >= 100, result.stdout  # the held-out patients of fold 0
     # An untrained network (or one predicting all foreground) scores far below this on BUS-BRA.
     assert summary["dice_mean"] > 0.55, summary
+
+
+def test_train_fold_validates_a_finished_fold_and_refuses_a_folder_of_another_spec(tmp_path, monkeypatch):
+    from nnunetv2_llm4seg.errors import SpecConflictError
+    from nnunetv2_llm4seg.experiments import Schedule, train_fold, write_plans_variant
+
+    project = NnUNetProject(tmp_path)
+    make_ultrasound_dataset(project.raw, 641, cases=6, size=32, seed=7)
+    project.plan(641, "2d")
+    for key, value in project.env().items():
+        if key.startswith("nnUNet_"):
+            monkeypatch.setenv(key, value)
+    dataset = "Dataset641_SyntheticUltrasound"
+    plans = write_plans_variant(project.preprocessed / dataset, "nnUNetPlans", "nnUNetPlans_t", "2d",
+                                llm4seg_entry="minilm-l6")
+    schedule = Schedule(epochs=1, iterations=2, val_iterations=1)
+    args = (dataset, "2d", 0, "nnUNetTrainerLLM4Seg", plans, schedule, "cpu", tmp_path / "log.txt")
+    first = train_fold(*args, validate=False, progress=False)
+    checkpoint = first.fold_folder / "checkpoint_final.pth"
+    stamp = checkpoint.stat().st_mtime_ns
+    second = train_fold(*args, validate=True, progress=False)  # finished: only the validation is run
+    assert (second.fold_folder / "validation" / "summary.json").is_file()
+    assert checkpoint.stat().st_mtime_ns == stamp
+    third = train_fold(*args, validate=True, progress=False)
+    assert third.skipped and third.frozen_params == 1_971_072
+    stored = json.loads((first.model_folder / "plans.json").read_text())
+    stored["configurations"]["2d"]["llm4seg"]["attention"] = "causal"  # e.g. a preset that changed meanwhile
+    (first.model_folder / "plans.json").write_text(json.dumps(stored))
+    with pytest.raises(SpecConflictError, match="attention"):
+        train_fold(*args, validate=True, progress=False)
+
+
+def test_demo_finds_a_users_dataset_by_id_or_name(tmp_path):
+    from nnunetv2_llm4seg.demo import _copy_nnunet_dataset
+
+    make_ultrasound_dataset(tmp_path / "user_raw", 5, cases=2, size=16, name="Mine")
+    folders = NnUNetFolders(tmp_path / "demo_raw", tmp_path / "pre", tmp_path / "res")
+    for reference, new_id in (("5", 990), ("Dataset005", 991), ("Dataset005_Mine", 992)):
+        copy = _copy_nnunet_dataset(reference, tmp_path / "user_raw", folders, new_id)
+        assert copy.name == f"Dataset{new_id}_LLM4SegDemo_Mine" and (copy / "dataset.json").is_file()
+    assert len(list((tmp_path / "user_raw" / "Dataset005_Mine" / "imagesTr").iterdir())) == 2

@@ -92,8 +92,21 @@ def test_spec_order_plans_entry_then_environment_then_trainer_default(nnunet_env
     configuration["llm4seg"] = {"preset": "deepseek-r1-qwen1.5b-l28", "attention": "causal"}
     from_plans = requested_spec(configuration, "llama3.2-1b-l15", {"init": "none"})
     assert (from_plans.spec.family, from_plans.spec.attention, from_plans.spec.init, from_plans.origin) == \
-        ("qwen2", "causal", "none", "plans entry")
-    assert from_plans.spec.source == "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"  # the plans entry wins
+        ("qwen2", "causal", "none", "plans entry + nnUNet_llm4seg_source")  # the plans entry wins over the spec
+    assert from_plans.spec.source == str(tmp_path)  # ... and the source variable still says where to read it
+    monkeypatch.delenv("nnUNet_llm4seg_source")
+    assert requested_spec(configuration, "llama3.2-1b-l15", {}).spec.source == \
+        "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+
+
+def test_resuming_from_another_copy_of_the_same_model_is_allowed():
+    from nnunetv2_llm4seg.errors import SpecConflictError
+    from nnunetv2_llm4seg.run_spec import RequestedSpec, check_resume
+
+    stored = load_preset("minilm-l6")
+    check_resume(RequestedSpec(stored.replace(source="/elsewhere/minilm"), "nnUNet_llm4seg_source"), stored, "ckpt")
+    with pytest.raises(SpecConflictError, match="layer: 2 vs 4"):
+        check_resume(RequestedSpec(stored.replace(layer=2), "nnUNet_llm4seg_spec"), stored, "ckpt")
 
 
 def test_plans_example_is_a_valid_entry():
