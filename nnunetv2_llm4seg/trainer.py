@@ -23,6 +23,13 @@ from nnunetv2_llm4seg.spec import BoosterSpec
 
 CHECKPOINTS_FOR_RESUME = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
 SCHEDULES = (1, 5, 10, 20, 50, 100, 250, 500)
+# The paper's ablation rows: class-name suffix -> (spec overrides, what the row is).
+ABLATIONS = {
+    "Unfrozen": ({"trainable": True}, 'the pre-trained layer made trainable (the paper\'s "T" ablation)'),
+    "RandomInit": ({"init": "random", "trainable": True},
+                   'the same layer shape, randomly initialised and trainable (the paper\'s "Transformer" row)'),
+    "AdaptersOnly": ({"init": "none"}, "the two adapters without the LLM layer (isolates what they add)"),
+}
 
 
 def unwrap(network: nn.Module) -> nn.Module:
@@ -188,3 +195,10 @@ def schedule_variants(bases: tuple[type[nnUNetTrainer], ...], module: str) -> di
             variants[name] = type(name, (base,), {"schedule_epochs": epochs, "__module__": module,
                                                   "__doc__": f"{base.__name__}, trained for {epochs} epoch(s)."})
     return variants
+
+
+def ablation_variants(base: type[LLM4SegTrainer], module: str) -> dict[str, type]:
+    """The ablation rows of a trainer: BaseUnfrozen, BaseRandomInit and BaseAdaptersOnly."""
+    return {f"{base.__name__}{suffix}": type(f"{base.__name__}{suffix}", (base,), {
+        "spec_overrides": overrides, "__module__": module, "__doc__": f"{base.__name__} with {what}."})
+        for suffix, (overrides, what) in ABLATIONS.items()}

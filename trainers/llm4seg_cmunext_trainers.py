@@ -31,7 +31,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunetv2_llm4seg.cmunext import CMUNeXt, deep_supervision_scales
-from nnunetv2_llm4seg.trainer import LLM4SegTrainer, schedule_variants, trainable_parameters
+from nnunetv2_llm4seg.trainer import LLM4SegTrainer, ablation_variants, schedule_variants, trainable_parameters
 
 CMUNEXT_MOMENTUM = 0.9
 CMUNEXT_WEIGHT_DECAY = 1e-4
@@ -99,27 +99,13 @@ class nnUNetTrainerCMUNeXtLLM4SegMiniLM(nnUNetTrainerCMUNeXtLLM4Seg):
     default_preset = "minilm-l6"
 
 
-class nnUNetTrainerCMUNeXtLLM4SegUnfrozen(nnUNetTrainerCMUNeXtLLM4Seg):
-    """The pre-trained LLaMA layer, trainable (the paper's "T" ablation)."""
-
-    spec_overrides = {"trainable": True}
-
-
-class nnUNetTrainerCMUNeXtLLM4SegRandomInit(nnUNetTrainerCMUNeXtLLM4Seg):
-    """The same layer shape, randomly initialised and trainable (the paper's "Transformer" row)."""
-
-    spec_overrides = {"init": "random", "trainable": True}
-
-
-class nnUNetTrainerCMUNeXtLLM4SegAdaptersOnly(nnUNetTrainerCMUNeXtLLM4Seg):
-    """The two adapters without the LLM layer: isolates what the adapters alone add."""
-
-    spec_overrides = {"init": "none"}
-
+# nnUNetTrainerCMUNeXtLLM4SegUnfrozen, ...RandomInit, ...AdaptersOnly: the paper's ablation rows
+# (nnunetv2_llm4seg.trainer.ABLATIONS) on CMUNeXt with the LLaMA layer.
+_ABLATIONS = ablation_variants(nnUNetTrainerCMUNeXtLLM4Seg, __name__)
+globals().update(_ABLATIONS)
 
 BASE_TRAINERS = (nnUNetTrainerCMUNeXt, nnUNetTrainerCMUNeXtLLM4Seg, nnUNetTrainerCMUNeXtLLM4SegMiniLM,
-                 nnUNetTrainerCMUNeXtLLM4SegUnfrozen, nnUNetTrainerCMUNeXtLLM4SegRandomInit,
-                 nnUNetTrainerCMUNeXtLLM4SegAdaptersOnly)
+                 *_ABLATIONS.values())
 _SCHEDULED = schedule_variants(BASE_TRAINERS, __name__)
 globals().update(_SCHEDULED)
 __all__ = [cls.__name__ for cls in BASE_TRAINERS] + list(_SCHEDULED)

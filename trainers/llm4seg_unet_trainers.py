@@ -3,7 +3,7 @@
 Each class picks the LLM (a preset) and the ablation row; `_1epoch` ... `_500epochs` variants shorten the
 schedule. The LLM can be changed without code: see nnunetv2_llm4seg.run_spec.
 """
-from nnunetv2_llm4seg.trainer import LLM4SegTrainer, schedule_variants
+from nnunetv2_llm4seg.trainer import LLM4SegTrainer, ablation_variants, schedule_variants
 
 
 class nnUNetTrainerLLM4Seg(LLM4SegTrainer):
@@ -24,26 +24,13 @@ class nnUNetTrainerLLM4SegMiniLM(LLM4SegTrainer):
     default_preset = "minilm-l6"
 
 
-class nnUNetTrainerLLM4SegUnfrozen(nnUNetTrainerLLM4Seg):
-    """The pre-trained LLaMA layer, trainable (the paper's "T" ablation)."""
-
-    spec_overrides = {"trainable": True}
-
-
-class nnUNetTrainerLLM4SegRandomInit(nnUNetTrainerLLM4Seg):
-    """The same layer shape, randomly initialised and trainable (the paper's "Transformer" row)."""
-
-    spec_overrides = {"init": "random", "trainable": True}
-
-
-class nnUNetTrainerLLM4SegAdaptersOnly(nnUNetTrainerLLM4Seg):
-    """The two adapters without the LLM layer: isolates what the adapters alone add."""
-
-    spec_overrides = {"init": "none"}
-
+# nnUNetTrainerLLM4SegUnfrozen, nnUNetTrainerLLM4SegRandomInit, nnUNetTrainerLLM4SegAdaptersOnly:
+# the paper's ablation rows on the LLaMA layer (nnunetv2_llm4seg.trainer.ABLATIONS).
+_ABLATIONS = ablation_variants(nnUNetTrainerLLM4Seg, __name__)
+globals().update(_ABLATIONS)
 
 BASE_TRAINERS = (nnUNetTrainerLLM4Seg, nnUNetTrainerLLM4SegDeepSeek, nnUNetTrainerLLM4SegMiniLM,
-                 nnUNetTrainerLLM4SegUnfrozen, nnUNetTrainerLLM4SegRandomInit, nnUNetTrainerLLM4SegAdaptersOnly)
+                 *_ABLATIONS.values())
 _SCHEDULED = schedule_variants(BASE_TRAINERS, __name__)
 globals().update(_SCHEDULED)
 __all__ = [cls.__name__ for cls in BASE_TRAINERS] + list(_SCHEDULED)
