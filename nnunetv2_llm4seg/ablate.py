@@ -67,7 +67,8 @@ def _dataset_name(reference: str) -> str:
         return maybe_convert_to_dataset_name(int(reference) if reference.isdigit() else reference)
     except RuntimeError as error:
         raise ExperimentError(f"dataset {reference!r} not found in nnUNet_raw/nnUNet_preprocessed/nnUNet_results: "
-                              f"{error}. Convert it first (llm4seg convert) and set the nnU-Net path variables.") from None
+                              f"{error}. Convert it first (llm4seg convert) and set the nnU-Net path "
+                              "variables.") from None
 
 
 def _plans_entry(preset: str):

@@ -37,7 +37,8 @@ class LLMBooster(nn.Module):
 
     The LLM layer computes in the spec's dtype and the output adapter in float32, outside nnU-Net's fp16
     autocast. A frozen layer is stored in the compute dtype; a trainable one keeps float32 weights and computes
-    under bf16 autocast when the spec asks for bfloat16. A frozen layer has requires_grad False but passes gradients through to the adapters and CNN.
+    under bf16 autocast when the spec asks for bfloat16. A frozen layer has requires_grad False but passes
+    gradients through to the adapters and CNN.
     """
 
     def __init__(self, channels: int, spec: BoosterSpec, attn_implementation: str = DEFAULT_ATTN_IMPLEMENTATION):

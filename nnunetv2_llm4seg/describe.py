@@ -14,12 +14,18 @@ def count_parameters(module: torch.nn.Module | None) -> int:
     return 0 if module is None else sum(p.numel() for p in module.parameters())
 
 
+def trainable_and_frozen(module: torch.nn.Module) -> tuple[int, int]:
+    """Parameter counts: those the optimizer trains (requires_grad) and the frozen rest."""
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return trainable, count_parameters(module) - trainable
+
+
 def describe_booster(spec: BoosterSpec, channels: int, spatial: tuple[int, ...] | None = None) -> dict[str, Any]:
     """Counts for the booster alone: adapters, the LLM layer, learned positions, trainable and frozen totals."""
     with torch.device("meta"):
         booster = LLMBooster(channels, spec)
     llm = booster.llm
-    trainable = sum(p.numel() for p in booster.parameters() if p.requires_grad)
+    trainable, frozen = trainable_and_frozen(booster)
     return {
         "preset": spec.name,
         "source": spec.source,
@@ -39,5 +45,5 @@ def describe_booster(spec: BoosterSpec, channels: int, spatial: tuple[int, ...] 
         "llm_layer_params": count_parameters(llm.layer) if llm is not None else 0,
         "position_params": count_parameters(getattr(llm, "position_table", None)),
         "trainable_params": trainable,
-        "frozen_params": count_parameters(booster) - trainable,
+        "frozen_params": frozen,
     }

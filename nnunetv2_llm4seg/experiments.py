@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from nnunetv2_llm4seg.describe import trainable_and_frozen
 from nnunetv2_llm4seg.errors import LLM4SegError
 
 PATH_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
@@ -176,11 +177,6 @@ def _network_on_meta(trainer: Any) -> Any:
                                                   trainer.label_manager.num_segmentation_heads, False)
 
 
-def _parameter_counts(network: Any) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in network.parameters()) - trainable
-
-
 def train_fold(dataset: str, configuration: str, fold: int, trainer_name: str, plans: str, schedule: Schedule,
                device: str, log_file: Path, validate: bool, progress: bool = True) -> TrainingRun:
     """Train one fold in this process with nnU-Net's trainer (skipped when its final checkpoint exists)."""
@@ -201,7 +197,8 @@ def train_fold(dataset: str, configuration: str, fold: int, trainer_name: str, p
     _check_existing_model(trainer, fold_folder.parent)
     final, latest = fold_folder / "checkpoint_final.pth", fold_folder / "checkpoint_latest.pth"
     if final.is_file() and (not validate or (fold_folder / "validation" / "summary.json").is_file()):
-        return TrainingRun(trainer_name, fold_folder, 0.0, *_parameter_counts(_network_on_meta(trainer)), skipped=True)
+        counts = trainable_and_frozen(_network_on_meta(trainer))
+        return TrainingRun(trainer_name, fold_folder, 0.0, *counts, skipped=True)
     trainer.num_epochs = schedule.epochs
     trainer.num_iterations_per_epoch = schedule.iterations
     trainer.num_val_iterations_per_epoch = schedule.val_iterations
@@ -229,7 +226,7 @@ def train_fold(dataset: str, configuration: str, fold: int, trainer_name: str, p
     (fold_folder / "llm4seg_schedule.json").write_text(json.dumps(
         {"epochs": schedule.epochs, "iterations_per_epoch": schedule.iterations, "device": device,
          "seconds": round(seconds, 1)}, indent=2))
-    return TrainingRun(trainer_name, fold_folder, seconds, *_parameter_counts(trainer.network), skipped=False)
+    return TrainingRun(trainer_name, fold_folder, seconds, *trainable_and_frozen(trainer.network), skipped=False)
 
 
 def _epoch_seconds(log: dict) -> float:

@@ -14,7 +14,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 
 from nnunetv2_llm4seg.booster import LLMBooster
-from nnunetv2_llm4seg.describe import count_parameters
+from nnunetv2_llm4seg.describe import count_parameters, trainable_and_frozen
 from nnunetv2_llm4seg.loading import load_into_block
 from nnunetv2_llm4seg.network import BoostedUNet, boost_unet, check_token_budget, tokens_at_stage
 from nnunetv2_llm4seg.run_spec import (check_resume, check_same_model, configured_spec, install_spec,
@@ -161,8 +161,7 @@ class LLM4SegTrainer(nnUNetTrainer):
         spec = self.llm4seg_spec
         network = unwrap(self.network)
         booster = network.booster
-        trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
-        frozen = sum(p.numel() for p in network.parameters() if not p.requires_grad)
+        trainable, frozen = trainable_and_frozen(network)
         stage = network.booster_stage
         tokens = tokens_at_stage(self.configuration_manager.patch_size,
                                  self.encoder_strides(self.configuration_manager), stage)
