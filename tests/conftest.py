@@ -5,7 +5,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from helpers import LLAMA_SHAPE, QWEN2_SHAPE, save_checkpoint  # noqa: E402
+from helpers import LLAMA_SHAPE, QWEN2_SHAPE, SMALL_LLAMA, save_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +20,9 @@ def qwen2_sharded(tmp_path_factory) -> Path:
     """Qwen2-1.5B-shaped checkpoint (hidden 1536, q/k/v biases), 2 layers, bf16, sharded."""
     return save_checkpoint(tmp_path_factory.mktemp("qwen2") / "model", "qwen2", 2, QWEN2_SHAPE,
                            max_shard_size="80MB")
+
+
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory) -> Path:
+    """A small LLaMA-family checkpoint (hidden 64), 2 layers, bf16, one safetensors file."""
+    return save_checkpoint(tmp_path_factory.mktemp("small") / "model", "llama", 2, SMALL_LLAMA)

@@ -2,29 +2,16 @@
 problem and the fix, and leaves everything that existed before unchanged."""
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Callable
 
 import pytest
 import torch
-from helpers import SMALL_LLAMA, save_checkpoint
+from badinputs import BadInput, check_bad_input, cli_run, raises_run, small_spec_dict, spec_file
 from safetensors.torch import load_file, save_file
 
-from nnunetv2_llm4seg import cli
-from nnunetv2_llm4seg.errors import LLM4SegError
 from nnunetv2_llm4seg.presets import load_preset
-
-
-@pytest.fixture(scope="module")
-def small_model(tmp_path_factory) -> Path:
-    return save_checkpoint(tmp_path_factory.mktemp("bad") / "model", "llama", 2, SMALL_LLAMA)
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def copy_model(small_model: Path, target: Path) -> Path:
@@ -32,42 +19,6 @@ def copy_model(small_model: Path, target: Path) -> Path:
 
     shutil.copytree(small_model, target)
     return target
-
-
-def spec_file(folder: Path, data: dict, name: str = "spec.json") -> str:
-    path = folder / name
-    path.write_text(json.dumps(data))
-    return str(path)
-
-
-def small_spec_dict(model: Path, **changes) -> dict:
-    return {"source": str(model), "layer": 1, "config": json.loads((model / "config.json").read_text()), **changes}
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str]:
-    try:
-        code = cli.main(args)
-    except SystemExit as exit_:  # argparse errors
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.err + captured.out
-
-
-# Each case: (tmp_path, small_model, capsys, monkeypatch) -> (exit code or exception, message)
-def cli_case(args: Callable[[Path, Path], list[str]]):
-    def case(tmp_path, small_model, capsys, monkeypatch):
-        return run_cli(args(tmp_path, small_model), capsys)
-    return case
-
-
-def raises_case(action: Callable):
-    def case(tmp_path, small_model, capsys, monkeypatch):
-        try:
-            action(tmp_path, small_model, monkeypatch)
-        except LLM4SegError as error:
-            return type(error).__name__, str(error)
-        raise AssertionError("no error was raised")
-    return case
 
 
 def truncated(tmp_path: Path, model: Path) -> list[str]:
@@ -207,85 +158,73 @@ def kvasir_layout(tmp_path: Path, images: int = 3, masks: int = 3, mask_size: in
     return source
 
 
-def existing_target(tmp_path: Path) -> Path:
+def existing_target(tmp_path: Path, model: Path) -> None:
+    """A dataset the user already has at the converter's target, and a source to convert (built before the
+    snapshot, so an overwritten dataset.json fails the case)."""
     target = tmp_path / "raw" / "Dataset042_KvasirSEG"
     target.mkdir(parents=True)
     (target / "dataset.json").write_text('{"precious": true}')
-    return kvasir_layout(tmp_path)
+    kvasir_layout(tmp_path)
 
 
 CASES = {
-    "unknown preset": (cli_case(lambda t, m: ["describe", "--preset", "nope", "--channels", "8"]),
+    "unknown preset": (cli_run(lambda t, m: ["describe", "--preset", "nope", "--channels", "8"]),
                        ["unknown preset 'nope'", "available presets"]),
-    "spec with unknown key": (cli_case(lambda t, m: ["describe", "--preset", spec_file(t, {**small_spec_dict(m),
+    "spec with unknown key": (cli_run(lambda t, m: ["describe", "--preset", spec_file(t, {**small_spec_dict(m),
                               "colour": 1}), "--channels", "8"]), ["unknown key(s) 'colour'", "Allowed keys"]),
-    "spec with wrong type": (cli_case(lambda t, m: ["describe", "--preset", spec_file(t, small_spec_dict(m,
+    "spec with wrong type": (cli_run(lambda t, m: ["describe", "--preset", spec_file(t, small_spec_dict(m,
                              layer="1")), "--channels", "8"]), ["'layer' must be a 0-based layer index"]),
-    "negative layer": (cli_case(lambda t, m: ["describe", "--preset", spec_file(t, small_spec_dict(m, layer=-1)),
+    "negative layer": (cli_run(lambda t, m: ["describe", "--preset", spec_file(t, small_spec_dict(m, layer=-1)),
                        "--channels", "8"]), ["'layer' is -1", "valid indices are 0..1"]),
-    "layer out of range": (cli_case(lambda t, m: ["fetch", "--preset", spec_file(t, small_spec_dict(m, layer=7))]),
+    "layer out of range": (cli_run(lambda t, m: ["fetch", "--preset", spec_file(t, small_spec_dict(m, layer=7))]),
                            ["'layer' is 7", "valid indices are 0..1"]),
-    "spec file not JSON": (cli_case(lambda t, m: ["describe", "--preset", str((t / "bad.json").write_text("{") and
+    "spec file not JSON": (cli_run(lambda t, m: ["describe", "--preset", str((t / "bad.json").write_text("{") and
                            t / "bad.json"), "--channels", "8"]), ["is not valid JSON"]),
-    "bad --spatial": (cli_case(lambda t, m: ["describe", "--preset", "minilm-l6", "--channels", "8", "--spatial",
+    "bad --spatial": (cli_run(lambda t, m: ["describe", "--preset", "minilm-l6", "--channels", "8", "--spatial",
                       "4x"]), ["expected sizes like 4x4 or 4x4x4"]),
-    "source folder missing": (cli_case(lambda t, m: ["fetch", "--preset", "minilm-l6", "--source",
+    "source folder missing": (cli_run(lambda t, m: ["fetch", "--preset", "minilm-l6", "--source",
                               str(t / "missing-model")]), ["does not exist", "config.json"]),
-    "config but no safetensors": (cli_case(no_weights), ["has config.json but no weights", "model.safetensors"]),
-    "truncated safetensors": (cli_case(truncated), ["truncated or corrupted", "download it again"]),
-    "tensor with wrong shape": (cli_case(wrong_shape), ["q_proj.weight has shape (64, 32)", "does not describe"]),
-    "pickle without opt-in": (cli_case(pickle_only), ["pickle", "refused", "allow_pickle"]),
-    "trust_remote_code architecture": (cli_case(remote_code), ["trust_remote_code", "llama, qwen2, mistral, bert"]),
-    "absurd hidden size": (cli_case(lambda t, m: ["describe", "--preset", spec_file(t, {**small_spec_dict(m),
+    "config but no safetensors": (cli_run(no_weights), ["has config.json but no weights", "model.safetensors"]),
+    "truncated safetensors": (cli_run(truncated), ["truncated or corrupted", "download it again"]),
+    "tensor with wrong shape": (cli_run(wrong_shape), ["q_proj.weight has shape (64, 32)", "does not describe"]),
+    "pickle without opt-in": (cli_run(pickle_only), ["pickle", "refused", "allow_pickle"]),
+    "trust_remote_code architecture": (cli_run(remote_code), ["trust_remote_code", "llama, qwen2, mistral, bert"]),
+    "absurd hidden size": (cli_run(lambda t, m: ["describe", "--preset", spec_file(t, {**small_spec_dict(m),
                            "config": {**small_spec_dict(m)["config"], "hidden_size": 10**7}}), "--channels", "8"]),
                            ["beyond the supported maximum"]),
-    "hub offline without cache": (raises_case(hub_error("LocalEntryNotFoundError")),
+    "hub offline without cache": (raises_run(hub_error("LocalEntryNotFoundError")),
                                   ["not in the Hugging Face cache", "HF_TOKEN", "nnUNet_llm4seg_source"]),
-    "gated hub id without token": (raises_case(hub_error("GatedRepoError")),
+    "gated hub id without token": (raises_run(hub_error("GatedRepoError")),
                                    ["is gated", "HF_TOKEN", "nnUNet_llm4seg_source"]),
-    "unknown family": (raises_case(unknown_family), ["'gpt2' is not supported", "llama, qwen2, mistral, bert"]),
-    "bottleneck too large": (raises_case(booster_too_many_tokens), ["16384 tokens", "deeper", "smaller patch"]),
-    "beyond BERT's learned positions": (raises_case(beyond_learned_positions),
+    "unknown family": (raises_run(unknown_family), ["'gpt2' is not supported", "llama, qwen2, mistral, bert"]),
+    "bottleneck too large": (raises_run(booster_too_many_tokens), ["16384 tokens", "deeper", "smaller patch"]),
+    "beyond BERT's learned positions": (raises_run(beyond_learned_positions),
                                         ["640 tokens", "positions for 512 only", "'positions' to 'none'"]),
-    "hidden size mismatch after resume": (raises_case(hidden_mismatch_after_resume),
+    "hidden size mismatch after resume": (raises_run(hidden_mismatch_after_resume),
                                           ["booster.adapter_in.weight has shape (384, 32)", "plans.json"]),
-    "resume with another spec": (raises_case(resume_with_other_spec), ["layer: 3 vs 4", "unset nnUNet_llm4seg_spec"]),
-    "folder trained with another spec": (raises_case(folder_of_another_spec),
+    "resume with another spec": (raises_run(resume_with_other_spec), ["layer: 3 vs 4", "unset nnUNet_llm4seg_spec"]),
+    "folder trained with another spec": (raises_run(folder_of_another_spec),
                                          ["attention: 'causal' vs 'bidirectional'", "move the old results"]),
-    "stage beyond the network": (raises_case(stage_beyond_network), ["5 encoder stages", "-1..-5"]),
-    "plans without llm4seg entry": (raises_case(plans_without_entry), ["no 'llm4seg' entry", "plans.json"]),
-    "converter: missing masks": (raises_case(converter("kvasir", lambda t: kvasir_layout(t, masks=1))),
+    "stage beyond the network": (raises_run(stage_beyond_network), ["5 encoder stages", "-1..-5"]),
+    "plans without llm4seg entry": (raises_run(plans_without_entry), ["no 'llm4seg' entry", "plans.json"]),
+    "converter: missing masks": (raises_run(converter("kvasir", lambda t: kvasir_layout(t, masks=1))),
                                  ["2 image(s) have no mask", "case1.jpg"]),
-    "converter: mismatched sizes": (raises_case(converter("kvasir", lambda t: kvasir_layout(t, mask_size=8))),
+    "converter: mismatched sizes": (raises_run(converter("kvasir", lambda t: kvasir_layout(t, mask_size=8))),
                                     ["differ in size", "16x16 vs"]),
-    "converter: empty folder": (raises_case(converter("kvasir", lambda t: (t / "empty").mkdir() or t / "empty")),
+    "converter: empty folder": (raises_run(converter("kvasir", lambda t: (t / "empty").mkdir() or t / "empty")),
                                 ["missing folder", "images/NAME.jpg and masks/NAME.jpg"]),
-    "converter: existing target": (raises_case(converter("kvasir", existing_target)), ["already exists", "--force"]),
-    "converter: unknown dataset": (cli_case(lambda t, m: ["convert", "brats", str(t), "--dataset-id", "3",
+    "converter: existing target": (raises_run(converter("kvasir", lambda t: t / "kvasir")), ["already exists", "--force"],
+                                   existing_target),
+    "converter: unknown dataset": (cli_run(lambda t, m: ["convert", "brats", str(t), "--dataset-id", "3",
                                                           "--raw-folder", str(t)]), ["invalid choice: 'brats'", "choose from"]),
-    "demo: unwritable output": (cli_case(lambda t, m: ["demo", "--output", str((t / "f").write_text("x") and
+    "demo: unwritable output": (cli_run(lambda t, m: ["demo", "--output", str((t / "f").write_text("x") and
                                 t / "f" / "out"), "--no-progress"]), ["cannot write to the output folder", "--output"]),
-    "demo: unknown data": (cli_case(lambda t, m: ["demo", "--output", str(t / "demo"), "--data", "mnist",
+    "demo: unknown data": (cli_run(lambda t, m: ["demo", "--output", str(t / "demo"), "--data", "mnist",
                                                   "--no-progress"]), ["--data 'mnist'", "synthetic, busbra:PATH"]),
 }
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input(name, tmp_path, small_model, capsys, monkeypatch):
-    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "nnunet_raw"))
-    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "nnunet_preprocessed"))
-    monkeypatch.setenv("nnUNet_results", str(tmp_path / "nnunet_results"))
-    for name_, value in (("nnUNet_n_proc_DA", "1"), ("nnUNet_def_n_proc", "1"), ("nnUNet_compile", "f")):
-        monkeypatch.setenv(name_, value)
-    (tmp_path / "existing").mkdir()
-    (tmp_path / "existing" / "keep.txt").write_text("results that must survive")
-    model_before = snapshot(small_model)
-    case, fragments = CASES[name]
-    before = snapshot(tmp_path)
-    outcome, message = case(tmp_path, small_model, capsys, monkeypatch)
-    assert outcome not in (0, None), f"{name}: succeeded"
-    for fragment in fragments:
-        assert fragment in message, f"{name}: {fragment!r} not in {message!r}"
-    after = snapshot(tmp_path)
-    assert {k: v for k, v in after.items() if k in before} == before, f"{name}: existing files changed"
-    assert snapshot(small_model) == model_before
+    run, fragments, *setup = CASES[name]
+    check_bad_input(name, BadInput(run, tuple(fragments), *setup), tmp_path, small_model, capsys, monkeypatch)
