@@ -3,17 +3,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from nnunetv2_llm4seg.errors import SpecError
-from nnunetv2_llm4seg.families import FAMILIES, check_architecture_config, get_family
+from nnunetv2_llm4seg.families import FAMILIES, check_architecture_config, check_layer_memory, get_family
 
 INIT_CHOICES = ("pretrained", "random", "none")
 ATTENTION_CHOICES = ("bidirectional", "causal")
 POSITION_CHOICES = ("native", "none", "paper")
 DTYPE_CHOICES = ("float32", "bfloat16")
 ROTARY_FAMILIES = tuple(name for name, family in FAMILIES.items() if family.rotary_class)
+# A model config is a few levels deep; deeper values are refused before anything recurses into them.
+MAX_JSON_DEPTH = 32
 
 # Fields that say where the spec came from or what was loaded, not what network it builds.
 DESCRIPTIVE_FIELDS = ("name", "description", "paper_layer", "provenance")
@@ -69,9 +72,9 @@ class BoosterSpec:
         if not isinstance(data, Mapping):
             raise SpecError(f"{where}: expected a JSON object, got {type(data).__name__}.")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(map(repr, set(data) - known))
         if unknown:
-            raise SpecError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}. "
+            raise SpecError(f"{where}: unknown key(s) {', '.join(unknown)}. "
                             f"Allowed keys: {', '.join(sorted(known))}.")
         values = dict(data)
         if "family" not in values and isinstance(values.get("config"), Mapping):
@@ -133,6 +136,27 @@ def _typed(key: str, value: Any, kind: type, text: str) -> None:
         raise SpecError(f"{key!r} must be {text}, got {value!r} ({type(value).__name__}).")
 
 
+def check_json_value(path: str, value: Any, depth: int = 0) -> None:
+    """Refuse anything that is not plain JSON (objects with string keys, lists, strings, finite numbers,
+    booleans, null) or that is nested more than MAX_JSON_DEPTH levels, naming the key path."""
+    if depth > MAX_JSON_DEPTH:
+        raise SpecError(f"{path} is nested more than {MAX_JSON_DEPTH} levels deep; a model config is a few levels "
+                        "deep: give the model's config.json values.")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise SpecError(f"{path} has the key {key!r} ({type(key).__name__}); keys must be strings.")
+            check_json_value(f"{path}.{key}", item, depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for position, item in enumerate(value):
+            check_json_value(f"{path}[{position}]", item, depth + 1)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise SpecError(f"{path} is {value!r}; spec values must be finite numbers (JSON has no NaN or Infinity).")
+    elif value is not None and not isinstance(value, (str, int, float, bool)):
+        raise SpecError(f"{path} is {value!r} ({type(value).__name__}); spec values must be JSON: objects, lists, "
+                        "strings, numbers, true/false or null.")
+
+
 def _validate(spec: BoosterSpec) -> None:
     _typed("source", spec.source, str, "a hub id, a local folder or 'package:<name>'")
     if not spec.source.strip():
@@ -141,6 +165,7 @@ def _validate(spec: BoosterSpec) -> None:
     _typed("family", spec.family, str, "a model family name")
     get_family(spec.family)
     _typed("config", spec.config, Mapping, "the model's config.json as an object")
+    check_json_value("config", spec.config)
     _choice("init", spec.init, INIT_CHOICES)
     _typed("trainable", spec.trainable, bool, "true or false")
     _choice("attention", spec.attention, ATTENTION_CHOICES)
@@ -158,6 +183,7 @@ def _validate(spec: BoosterSpec) -> None:
     _typed("allow_pickle", spec.allow_pickle, bool, "true or false")
     if spec.provenance is not None:
         _typed("provenance", spec.provenance, Mapping, "an object or null")
+        check_json_value("provenance", spec.provenance)
     if spec.positions == "paper" and spec.family not in ROTARY_FAMILIES:
         raise SpecError(f"'positions' is 'paper', which only exists for rotary families "
                         f"({', '.join(ROTARY_FAMILIES)}); family {spec.family!r} allows 'native' or 'none'.")
@@ -168,3 +194,5 @@ def _validate(spec: BoosterSpec) -> None:
     if spec.layer < 0 or spec.layer >= spec.num_layers:
         raise SpecError(f"'layer' is {spec.layer}, but the model has {spec.num_layers} layers: "
                         f"valid indices are 0..{spec.num_layers - 1} (0-based; the paper's 'layer 15' is index 14).")
+    if spec.has_llm_layer:
+        check_layer_memory(spec.family, spec.config, spec.positions)
