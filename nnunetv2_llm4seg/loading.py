@@ -2,12 +2,13 @@
 
 The whole model is never instantiated and the other layers' tensors are never read: safetensors files are
 opened lazily and only the layer's names are fetched; for hub sources only the shard(s) holding the layer are
-downloaded. Every expected tensor must be present with the expected shape (no strict=False).
+downloaded. File names from an index must stay inside the model (sources.check_file_name). Before any tensor
+is read, every expected tensor must be present with the expected shape and a floating-point dtype (from the
+safetensors header; no strict=False); while streaming, each tensor must be finite (no NaN or Inf).
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import pickle
 import re
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 
 from nnunetv2_llm4seg.errors import CheckpointError, SpecError
 from nnunetv2_llm4seg.families import get_family
-from nnunetv2_llm4seg.sources import HubRepo, LocalFolder, open_source
+from nnunetv2_llm4seg.sources import HubRepo, LocalFolder, check_file_name, open_source, read_json
 from nnunetv2_llm4seg.spec import BoosterSpec
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -31,16 +32,21 @@ STRUCTURAL_KEYS = ("model_type", "hidden_size", "intermediate_size", "num_attent
                    "head_dim", "num_hidden_layers", "attention_bias", "mlp_bias", "hidden_act")
 # Non-persistent buffers that some older checkpoints saved; they are recomputed, never loaded.
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+# The weight dtypes a layer is loaded from, by their safetensors names; anything else (bool, integers,
+# float8) is quantized or corrupted data that copy_ would silently turn into wrong weights.
+FLOAT_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
 
 
 @dataclass(frozen=True)
 class LayerReadPlan:
-    """What to read for one layer: the source, every tensor's file, and checkpoint name -> block name."""
+    """What to read for one layer: the source, every tensor's file, checkpoint name -> block name, and the
+    local path of each file that holds the layer."""
 
     source: LocalFolder | HubRepo
     weight_map: dict[str, str]
     fmt: str
     block_names: dict[str, str]
+    paths: dict[str, Path]
 
     @property
     def files(self) -> list[str]:
@@ -67,10 +73,7 @@ def read_source_config(source: LocalFolder | HubRepo) -> dict[str, Any]:
     path = source.file("config.json")
     if path is None:
         raise CheckpointError(f"{source.label} has no config.json; is it a Hugging Face model folder?")
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"{path} is not valid JSON ({error}); re-download the model.") from None
+    config = read_json(path, f"{source.label}: config.json", CheckpointError)
     if not isinstance(config, dict):
         raise CheckpointError(f"{path} does not hold a JSON object; re-download the model.")
     if "auto_map" in config:
@@ -89,14 +92,25 @@ def check_config_agrees(spec: BoosterSpec, found: Mapping[str, Any], label: str)
                         "Point the source at the model the spec describes, or use a spec made for this model.")
 
 
+def _read_index(source: LocalFolder | HubRepo, path: Path, suffix: str) -> dict[str, str]:
+    """An index's {tensor name: file name}; every file name must be a `suffix` file inside the model."""
+    index = read_json(path, f"{source.label}: {path.name}", CheckpointError)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{source.label}: {path.name} is not a checkpoint index (expected "
+                              "{\"weight_map\": {tensor name: file name}}); download it again.")
+    for file_name in sorted(set(weight_map.values())):
+        if not check_file_name(file_name, source.label).endswith(suffix):
+            raise CheckpointError(f"{source.label}: {path.name} names the file {file_name!r}, which is not a "
+                                  f"{suffix} file; refused. Download the index again.")
+    return dict(weight_map)
+
+
 def _weight_map(source: LocalFolder | HubRepo, allow_pickle: bool) -> tuple[dict[str, str], str]:
     """{tensor name: file name} for every tensor of the model, and the format ('safetensors' or 'pickle')."""
     index = source.file(SAFETENSORS_INDEX)
     if index is not None:
-        try:
-            return dict(json.loads(index.read_text())["weight_map"]), "safetensors"
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise CheckpointError(f"{index} is not a valid safetensors index ({error}); re-download it.") from None
+        return _read_index(source, index, ".safetensors"), "safetensors"
     single = source.file(SAFETENSORS_SINGLE)
     if single is not None:
         names = _open_safetensors(single, lambda handle: list(handle.keys()))
@@ -111,20 +125,21 @@ def _weight_map(source: LocalFolder | HubRepo, allow_pickle: bool) -> tuple[dict
                               "code when loaded; refused. Convert them to safetensors, or set "
                               "\"allow_pickle\": true in the spec if you trust this file.")
     if pickle_index is not None:
-        try:
-            return dict(json.loads(pickle_index.read_text())["weight_map"]), "pickle"
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise CheckpointError(f"{pickle_index} is not a valid index ({error}); re-download it.") from None
+        return _read_index(source, pickle_index, ".bin"), "pickle"
     return {name: PICKLE_SINGLE for name in _load_pickle(pickle_single)}, "pickle"
 
 
 def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
     """PyTorch weights (only after the user opted in), with weights_only=True: no arbitrary objects."""
     try:
-        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as error:
         raise CheckpointError(f"{path} cannot be read as PyTorch weights ({error}); re-download it, or convert "
                               "it to safetensors.") from None
+    if not isinstance(state, dict) or not all(isinstance(name, str) for name in state):
+        raise CheckpointError(f"{path} does not hold a state dict ({{tensor name: tensor}}); re-download it, or "
+                              "convert it to safetensors.")
+    return state
 
 
 def _unreadable(path: Path, error: Exception) -> CheckpointError:
@@ -178,16 +193,66 @@ def _check_names(wanted: Mapping[str, str], names: list[str], prefix: str, label
                               "expect (e.g. biases); the spec's config does not describe this checkpoint.")
 
 
-def _stream_tensors(plan: LayerReadPlan) -> Iterator[tuple[str, torch.Tensor]]:
-    """The layer's tensors one at a time, shard by shard (only the shards that hold the layer are opened)."""
+def _names_by_file(plan: LayerReadPlan) -> dict[str, list[str]]:
     by_file: dict[str, list[str]] = {}
     for name in plan.block_names:
         by_file.setdefault(plan.weight_map[name], []).append(name)
-    for file_name, names in sorted(by_file.items()):
-        path = plan.source.file(file_name)
+    return dict(sorted(by_file.items()))
+
+
+def _layer_files(source: LocalFolder | HubRepo, weight_map: Mapping[str, str],
+                 names: Mapping[str, str]) -> dict[str, Path]:
+    """The local path of every file that holds the layer (a hub source downloads just these)."""
+    paths = {}
+    for file_name in sorted({weight_map[name] for name in names}):
+        path = source.file(file_name)
         if path is None:
-            raise CheckpointError(f"{plan.source.label}: shard {file_name} listed in the index is missing; "
+            raise CheckpointError(f"{source.label}: shard {file_name} listed in the index is missing; "
                                   "download it into the model folder.")
+        paths[file_name] = path
+    return paths
+
+
+def _slice_header(name: str, part: Any) -> tuple[str, Any, tuple[int, ...]]:
+    dtype = part.get_dtype()
+    return name, FLOAT_DTYPES.get(dtype, dtype), tuple(part.get_shape())
+
+
+def _headers(plan: LayerReadPlan) -> Iterator[tuple[str, Any, tuple[int, ...]]]:
+    """(name, dtype, shape) of each of the layer's tensors, without reading their data: the safetensors
+    header (dtype by its safetensors name), or the tensors of a memory-mapped pickle."""
+    for file_name, names in _names_by_file(plan).items():
+        path = plan.paths[file_name]
+        if plan.fmt == "pickle":
+            state = _load_pickle(path)
+            for name in names:
+                if not isinstance(state[name], torch.Tensor):
+                    raise CheckpointError(f"{path}: {name} is a {type(state[name]).__name__}, not a tensor; "
+                                          "re-download the weights, or convert them to safetensors.")
+                yield name, state[name].dtype, tuple(state[name].shape)
+            continue
+        yield from _open_safetensors(path, lambda handle: [_slice_header(name, handle.get_slice(name))
+                                                           for name in names])
+
+
+def _check_headers(plan: LayerReadPlan, block: torch.nn.Module) -> None:
+    """Every tensor of the layer has a floating-point dtype and the shape the spec's config expects."""
+    targets = block.state_dict(keep_vars=True)
+    for name, dtype, shape in _headers(plan):
+        if dtype not in FLOAT_DTYPES.values():
+            raise CheckpointError(f"{plan.source.label}: tensor {name} is stored as {dtype}, not as floating-point "
+                                  "weights (float16, bfloat16, float32 or float64): the checkpoint is quantized or "
+                                  "corrupted. Use the model's original weights.")
+        expected = tuple(targets[plan.block_names[name]].shape)
+        if shape != expected:
+            raise CheckpointError(f"{plan.source.label}: tensor {name} has shape {shape}, but the spec's config "
+                                  f"expects {expected}; the config does not describe this checkpoint.")
+
+
+def _stream_tensors(plan: LayerReadPlan) -> Iterator[tuple[str, torch.Tensor]]:
+    """The layer's tensors one at a time, shard by shard (only the shards that hold the layer are opened)."""
+    for file_name, names in _names_by_file(plan).items():
+        path = plan.paths[file_name]
         if plan.fmt == "pickle":
             state = _load_pickle(path)
             yield from ((name, state[name]) for name in names)
@@ -201,8 +266,17 @@ def _stream_tensors(plan: LayerReadPlan) -> Iterator[tuple[str, torch.Tensor]]:
             yield name, tensor
 
 
+def _check_finite(label: str, name: str, tensor: torch.Tensor) -> None:
+    finite = torch.isfinite(tensor)
+    if not finite.all():
+        bad = tensor.numel() - int(finite.sum())
+        raise CheckpointError(f"{label}: tensor {name} holds {bad:,} NaN or Inf value(s) (of {tensor.numel():,}); "
+                              "the weights are corrupted: download them again.")
+
+
 def plan_layer_read(spec: BoosterSpec, block: torch.nn.Module) -> LayerReadPlan:
-    """Check the source against the spec (config, tensor names) and work out which tensors to read."""
+    """Check the source against the spec (config, tensor names, dtypes, shapes) and work out which tensors
+    to read; no tensor data is read yet."""
     source = open_source(spec.source, spec.revision)
     check_config_agrees(spec, read_source_config(source), source.label)
     weight_map, fmt = _weight_map(source, spec.allow_pickle)
@@ -210,7 +284,9 @@ def plan_layer_read(spec: BoosterSpec, block: torch.nn.Module) -> LayerReadPlan:
     prefix = _layer_prefix(spec, names, source.label)
     wanted = expected_tensors(spec, block, prefix, names)
     _check_names(wanted, names, prefix, source.label)
-    return LayerReadPlan(source, weight_map, fmt, wanted)
+    plan = LayerReadPlan(source, weight_map, fmt, wanted, _layer_files(source, weight_map, wanted))
+    _check_headers(plan, block)
+    return plan
 
 
 def _load(spec: BoosterSpec, block: torch.nn.Module, copy: bool) -> dict[str, Any]:
@@ -218,15 +294,11 @@ def _load(spec: BoosterSpec, block: torch.nn.Module, copy: bool) -> dict[str, An
     targets = block.state_dict(keep_vars=True)
     digest = LayerDigest()
     for name, tensor in _stream_tensors(plan):
-        target = targets[plan.block_names[name]]
-        if tuple(tensor.shape) != tuple(target.shape):
-            raise CheckpointError(f"{plan.source.label}: tensor {name} has shape {tuple(tensor.shape)}, but the "
-                                  f"spec's config expects {tuple(target.shape)}; the config does not describe "
-                                  "this checkpoint.")
+        _check_finite(plan.source.label, name, tensor)
         digest.add(name, tensor)
         if copy:
             with torch.no_grad():
-                target.copy_(tensor)
+                targets[plan.block_names[name]].copy_(tensor)
     return {"source": plan.source.label, "files": plan.files, "revision": plan.source.revision,
             "format": plan.fmt, "tensors": len(plan.block_names), "sha256": digest.hexdigest()}
 

@@ -7,11 +7,12 @@ config.json is read from its source (a local folder or package; for a hub id, co
 from __future__ import annotations
 
 import json
+import os
 from importlib import resources
-from pathlib import Path
 from typing import Any, Mapping
 
 from nnunetv2_llm4seg.errors import SpecError
+from nnunetv2_llm4seg.sources import open_source, path_status, read_json, shown
 from nnunetv2_llm4seg.spec import BoosterSpec
 
 PRESET_PACKAGE = "nnunetv2_llm4seg.plans"
@@ -29,19 +30,10 @@ def preset_names() -> list[str]:
 
 def load_preset(name: str) -> BoosterSpec:
     files = _preset_files()
-    if name not in files:
-        raise SpecError(f"unknown preset {name!r}; available presets: {', '.join(sorted(files))} "
+    if not isinstance(name, str) or name not in files:
+        raise SpecError(f"unknown preset {shown(name)}; available presets: {', '.join(sorted(files))} "
                         "(or give the path of a spec JSON file).")
     return BoosterSpec.from_dict(json.loads(files[name].read_text()), where=f"preset {name}")
-
-
-def _read_json_file(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except OSError as error:
-        raise SpecError(f"cannot read spec file {path}: {error.strerror}.") from None
-    except ValueError as error:
-        raise SpecError(f"spec file {path} is not valid JSON: {error}.") from None
 
 
 def spec_from_mapping(data: Mapping[str, Any], where: str) -> BoosterSpec:
@@ -50,12 +42,13 @@ def spec_from_mapping(data: Mapping[str, Any], where: str) -> BoosterSpec:
         raise SpecError(f"{where}: expected a preset name or a JSON object, got {type(data).__name__}.")
     values = dict(data)
     preset = values.pop("preset", None)
-    if preset is not None:
+    if preset is not None:  # load_preset refuses anything but a preset's name
         values = {**load_preset(preset).to_dict(), "name": None, **values}
     if "config" not in values and isinstance(values.get("source"), str):
-        from nnunetv2_llm4seg.loading import read_source_config
-        from nnunetv2_llm4seg.sources import open_source
+        from nnunetv2_llm4seg.loading import read_source_config  # imports torch: only when needed
 
+        if not isinstance(values.get("revision"), (str, type(None))):
+            raise SpecError(f"{where}: 'revision' must be a string or null, got {values['revision']!r}.")
         values["config"] = read_source_config(open_source(values["source"], values.get("revision")))
     return BoosterSpec.from_dict(values, where=where)
 
@@ -68,9 +61,9 @@ def load_spec(reference: str | Mapping[str, Any], where: str = "spec") -> Booste
         raise SpecError(f"{where}: expected a preset name, a JSON file path or an object, got {reference!r}.")
     if reference in _preset_files():
         return load_preset(reference)
-    path = Path(reference).expanduser()
-    if reference.endswith(".json") or path.exists():
-        if not path.is_file():
-            raise SpecError(f"{where}: spec file {reference} does not exist.")
-        return spec_from_mapping(_read_json_file(path), where=f"{where} ({path})")
-    return load_preset(reference)
+    path = os.path.expanduser(reference)
+    if path_status(path, f"{where}: spec file", SpecError) is None:
+        if reference.endswith(".json") or os.sep in reference:
+            raise SpecError(f"{where}: spec file {shown(reference)} does not exist.")
+        return load_preset(reference)
+    return spec_from_mapping(read_json(path, f"{where}: spec file", SpecError), where=f"{where} ({path})")

@@ -37,6 +37,9 @@ class SafeOpenSpy:
             def keys(self):
                 return handle.keys()
 
+            def get_slice(self, name):
+                return handle.get_slice(name)
+
             def get_tensor(self, name):
                 spy.read.append(name)
                 return handle.get_tensor(name)
@@ -94,7 +97,7 @@ def test_packaged_minilm_loads_and_booster_output_is_finite_and_deterministic():
     for _ in range(2):
         torch.manual_seed(0)
         booster = LLMBooster(32, spec)
-        provenance = load_into_block(spec, booster.llm)
+        provenance = booster.load_pretrained(spec)
         booster.eval()
         features = torch.linspace(-2, 2, 2 * 32 * 5 * 6).reshape(2, 32, 5, 6)
         with torch.no_grad():
@@ -188,7 +191,7 @@ def test_gated_repo_without_token_says_log_in_or_use_a_local_folder(monkeypatch)
 
 def test_missing_directory_is_named(tmp_path):
     spec = load_preset("minilm-l6").replace(source=str(tmp_path / "no-such-model"))
-    with pytest.raises(SourceError, match="source folder .*no-such-model does not exist"):
+    with pytest.raises(SourceError, match="source folder .*no-such-model' does not exist"):
         loading.fetch_layer(spec)
 
 
