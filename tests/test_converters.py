@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import json
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ import SimpleITK as sitk
 from PIL import Image
 
 from nnunetv2_llm4seg import converters
+from nnunetv2_llm4seg.converters import output, pixels
 from nnunetv2_llm4seg.converters import ConversionError, add_convert_parser, convert_dataset
 from nnunetv2_llm4seg.errors import LLM4SegError
 
@@ -207,26 +209,58 @@ def test_busbra_patient_split_over_official_folds_refused(tmp_path):
         convert_dataset("busbra", source, 5, tmp_path / "raw")
 
 
-def test_busi_merges_masks_and_is_grayscale(tmp_path):
-    source = tmp_path / "Dataset_BUSI_with_GT"
+def _busi(source: Path) -> Path:
     _save(source / "benign" / "benign (1).png", np.repeat(_gray(1)[..., None], 3, -1))  # gray stored as RGB
     _save(source / "benign" / "benign (1)_mask.png", _box(box=(2, 6, 2, 6)))
     _save(source / "benign" / "benign (1)_mask_1.png", _box(box=(10, 20, 20, 30)))
     _save(source / "malignant" / "malignant (1).png", _gray(2))
     _save(source / "malignant" / "malignant (1)_mask.png", _box())
-    _save(source / "normal" / "normal (1).png", _gray(3))
-    _save(source / "normal" / "normal (1)_mask.png", np.zeros((24, 32), np.uint8))
-    folder = convert_dataset("busi", source, 7, tmp_path / "raw")
+    for k in (1, 2):
+        _save(source / "normal" / f"normal ({k}).png", _gray(2 + k))
+        _save(source / "normal" / f"normal ({k})_mask.png", np.zeros((24, 32), np.uint8))
+    return source
+
+
+def test_busi_leaves_out_normal_merges_masks_and_is_grayscale(tmp_path):
+    source = _busi(tmp_path / "Dataset_BUSI_with_GT")
+    done = converters.convert("busi", source, 7, tmp_path / "raw")
+    folder = done.folder
     assert folder.name == "Dataset007_BUSI" and not (folder / "splits_final.json").exists()
+    assert done.notes[:3] == ("excluded 2 normal images (no lesion); --include-normal keeps them",
+                              "1 benign, 1 malignant", "0 of 2 masks empty (no lesion)")
     info = json.loads((folder / "dataset.json").read_text())
-    assert info["channel_names"] == {"0": "ultrasound"} and info["numTraining"] == 3
-    labels = sorted(p.name for p in (folder / "labelsTr").iterdir())
-    assert labels == ["benign_1.png", "malignant_1.png", "normal_1.png"]
+    assert info["channel_names"] == {"0": "ultrasound"} and info["numTraining"] == 2
+    assert sorted(p.name for p in (folder / "labelsTr").iterdir()) == ["benign_1.png", "malignant_1.png"]
     merged = _read(folder / "labelsTr" / "benign_1.png")
     assert merged.sum() == 16 + 100 and merged[3, 3] == merged[15, 25] == 1
-    assert _read(folder / "labelsTr" / "normal_1.png").max() == 0
     assert _channels(folder / "imagesTr" / "benign_1_0000.png") == 1
     _verify(folder)
+
+    done = converters.convert("busi", source, 8, tmp_path / "raw", include_normal=True)
+    assert "2 of 4 masks empty (no lesion)" in done.notes and done.training == 4
+    assert _read(done.folder / "labelsTr" / "normal_2.png").max() == 0
+    _verify(done.folder)
+
+
+def _tnscui(root: Path, categories: dict[int, str]) -> Path:
+    """TN-SCUI 2020 training layout: image/N.PNG, mask/N.PNG (0/255), train.csv with ID = file name and CATE."""
+    for number in categories:
+        _save(root / "image" / f"{number}.PNG", _gray(number))
+        _save(root / "mask" / f"{number}.PNG", _box(box=(2 + number, 12, 6, 18)))
+    (root / "train.csv").write_text("ID,CATE\n" + "".join(f"{n}.PNG,{c}\n" for n, c in categories.items()))
+    return root
+
+
+def test_tnscui_layout_categories_and_nnunet_integrity(tmp_path):
+    source = _tnscui(tmp_path / "TNSCUI2020_train", {1: "0", 2: "1", 3: "1", 10: "0"})
+    done = converters.convert("TNSCUI", source, 19, tmp_path / "raw")
+    assert done.folder.name == "Dataset019_TNSCUI" and done.training == 4 and done.channels == ("ultrasound",)
+    assert "2 benign, 2 malignant" in done.notes
+    info = json.loads((done.folder / "dataset.json").read_text())
+    assert info["labels"] == {"background": 0, "nodule": 1} and info["file_ending"] == ".png"
+    assert sorted(p.name for p in (done.folder / "imagesTr").iterdir()) == [f"{n}_0000.png" for n in (10, 1, 2, 3)]
+    assert np.array_equal(_read(done.folder / "labelsTr" / "3.png"), _box(box=(5, 12, 6, 18), value=1))
+    _verify(done.folder)
 
 
 def test_isic2018_rgb_test_split_and_mask_variants(tmp_path):
@@ -285,26 +319,102 @@ def test_btcv_copies_nifti_with_geometry(tmp_path, nesting):
         _verify(folder)
 
 
-@pytest.mark.parametrize("mode", ["L", "1", "RGB", "RGBA", "P", "I;16", "L01"])
-def test_mask_binarisation(tmp_path, mode):
+def _palette(indices: np.ndarray, colours: list[tuple[int, int, int]]) -> Image.Image:
+    img = Image.fromarray(indices.astype(np.uint8), mode="P")
+    img.putpalette([c for colour in colours for c in colour] + [0] * (768 - 3 * len(colours)))
+    return img
+
+
+def _coloured(box: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
+    rgb = np.zeros((*box.shape, 3), np.uint8)
+    rgb[box] = colour
+    return rgb
+
+
+def _masks() -> dict[str, Image.Image]:
+    """Mask files that must all give the box as lesion: one per storage of a binary mask."""
     box = _box(value=1).astype(bool)
-    noisy = np.where(box, 200, 40).astype(np.uint8)  # below-threshold background must stay background
-    arrays = {"L": noisy, "1": box, "RGB": np.stack([noisy, np.zeros_like(noisy), np.zeros_like(noisy)], -1),
-              "RGBA": np.dstack([np.full((24, 32, 3), 255, np.uint8), box.astype(np.uint8) * 255]),
-              "P": noisy, "I;16": box.astype(np.uint16) * 1000, "L01": box.astype(np.uint8)}
-    img = Image.fromarray(arrays[mode])
-    path = tmp_path / "mask.png"
-    (img.convert("P") if mode == "P" else img).save(path)
-    assert np.array_equal(converters._read_mask(path), box.astype(np.uint8))
+    noisy = np.where(box, 200, 40).astype(np.uint8)
+    rgba = np.zeros((24, 32, 4), np.uint8)
+    rgba[..., :3] = 255  # white everywhere, but only the box is opaque
+    rgba[box, 3] = 255
+    return {"L 0/255": Image.fromarray(box.astype(np.uint8) * 255), "1-bit": Image.fromarray(box),
+            "L 0/1": Image.fromarray(box.astype(np.uint8)), "L 0/100": Image.fromarray(box.astype(np.uint8) * 100),
+            "L 40/200": Image.fromarray(noisy), "RGB red": Image.fromarray(_coloured(box, (255, 0, 0))),
+            "RGB dark blue": Image.fromarray(_coloured(box, (0, 0, 60))),
+            "RGBA opaque box": Image.fromarray(rgba), "P from L": Image.fromarray(noisy).convert("P"),
+            "P dark lesion": _palette(box, [(0, 0, 0), (0, 0, 90)]),
+            "P index 0 white": _palette(box, [(255, 255, 255), (0, 0, 0)]),
+            "P index 1 unused": _palette(box * 2 + 3 * ~box, [(9, 9, 9), (1, 1, 1), (200, 0, 0), (5, 5, 5)]),
+            "I;16 0/1000": Image.fromarray(box.astype(np.uint16) * 1000),
+            "F 0/0.5": Image.fromarray(box.astype(np.float32) / 2)}
+
+
+@pytest.mark.parametrize("kind", list(_masks()))
+def test_binary_masks_keep_their_lesion(tmp_path, kind):
+    path = tmp_path / ("mask.tif" if kind.startswith("F") else "mask.png")
+    _masks()[kind].save(path)
+    assert np.array_equal(pixels.read_mask(path), _box(value=1).astype(bool))
+
+
+@pytest.mark.parametrize("values, quality, message", [
+    ((0, 1, 2), None, r"holds 3 levels \(0, 1, 2\).*one lesion value"),
+    ((255, 255, 255), None, "uniformly 255"),
+    ((0, 100, 100), 90, "brightest at 10[0-9]"),
+])
+def test_ambiguous_masks_refused(tmp_path, values, quality, message):
+    mask = np.full((24, 32), values[0], np.uint8)
+    mask[4:12, 6:18], mask[14:20, 20:30] = values[1], values[2]
+    path = _save(tmp_path / ("m.jpg" if quality else "m.png"), mask, **({"quality": quality} if quality else {}))
+    with pytest.raises(ConversionError, match=message):
+        pixels.read_mask(path)
+
+
+def test_jpeg_mask_noise_and_threshold(tmp_path):
+    assert not pixels.read_mask(_save(tmp_path / "zero_one.jpg", _box(value=1), quality=75)).any()
+    lesion = pixels.read_mask(_save(tmp_path / "bright.jpg", _box(), quality=75))
+    assert np.array_equal(lesion, _box(value=1).astype(bool))
+
+
+def test_all_empty_masks_refused_and_empty_ones_counted(tmp_path):
+    source = _kvasir(tmp_path / "kvasir")
+    _save(source / "masks" / "a.jpg", np.zeros((24, 32), np.uint8), quality=75)
+    done = converters.convert("kvasir", source, 20, tmp_path / "raw")
+    assert "1 of 3 masks empty (no lesion)" in done.notes
+    for name in ("b", "c"):
+        _save(source / "masks" / f"{name}.jpg", _box(value=1), quality=75)  # a 0/1 mask saved as JPEG
+    with pytest.raises(ConversionError, match="all 3 masks in .* are empty"):
+        converters.convert("kvasir", source, 21, tmp_path / "raw")
 
 
 def test_image_colour_detection(tmp_path):
     gray_as_rgb = _save(tmp_path / "g.jpg", np.repeat(_gray(0)[..., None], 3, -1), quality=85)
     colour = _save(tmp_path / "c.png", _colour(0))
     sixteen = _save(tmp_path / "s.png", (_gray(0).astype(np.uint16) * 200))
-    assert converters._read_image(gray_as_rgb).ndim == 2
-    assert converters._read_image(colour).shape == (24, 32, 3)
-    assert converters._read_image(sixteen).dtype == np.uint16
+    assert pixels.inspect_image(gray_as_rgb) == pixels.ImageFacts(colour=False, high_depth=False, wide=False)
+    assert pixels.inspect_image(colour).colour and pixels.image_array(colour, True, False).shape == (24, 32, 3)
+    assert pixels.inspect_image(sixteen) == pixels.ImageFacts(colour=False, high_depth=True, wide=False)
+
+
+@pytest.mark.parametrize("ending, array", [
+    (".tif", np.random.default_rng(0).uniform(-50, 1000, (24, 32)).astype(np.float32)),
+    (".png", np.random.default_rng(1).integers(0, 65536, (24, 32), dtype=np.uint16)),
+    (".tif", np.random.default_rng(2).integers(-1000, 3000, (24, 32), dtype=np.int32)),
+])
+def test_deep_images_keep_their_values_for_nnunet(tmp_path, ending, array):
+    from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
+
+    source = _kvasir(tmp_path / "kvasir", names=["a"])
+    (source / "images" / "a.jpg").unlink()
+    Image.fromarray(array).save(source / "images" / "a.tif")
+    folder = convert_dataset("kvasir", source, 22, tmp_path / "raw")
+    info = json.loads((folder / "dataset.json").read_text())
+    assert info["file_ending"] == ending and info["channel_names"] == {"0": "endoscopy"}
+    image, _ = NaturalImage2DIO().read_images([str(folder / "imagesTr" / f"a_0000{ending}")])
+    assert np.array_equal(image[0, 0], array.astype(np.float32))  # nnU-Net's reader sees the source values
+    label, _ = NaturalImage2DIO().read_seg(str(folder / "labelsTr" / f"a{ending}"))
+    assert np.array_equal(label[0, 0], _box(value=1))
+    _verify(folder)
 
 
 # ---------------------------------------------------------------- refusals
@@ -346,13 +456,19 @@ def test_existing_target_needs_force_and_stays_unchanged(tmp_path):
         convert_dataset("kvasir", source, 13, tmp_path / "raw")
     assert _tree(tmp_path / "raw") == before
 
-    def broken(path):
-        raise OSError("disk on fire")
+    written = []
+
+    def disk_full(path, array):
+        if len(written) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(path)
+        Image.fromarray(array).save(path)
 
     with pytest.MonkeyPatch.context() as patch:  # an error while writing leaves everything as it was
-        patch.setattr(converters, "_read_mask", broken)
-        with pytest.raises(OSError, match="disk on fire"):
+        patch.setattr(output, "save_image", disk_full)
+        with pytest.raises(ConversionError, match="no space left on the device of .*partial output was removed"):
             convert_dataset("kvasir", source, 13, tmp_path / "raw", force=True)
+    assert len(written) == 2 and not any(path.exists() for path in written)
     assert _tree(tmp_path / "raw") == before and sorted(p.name for p in (tmp_path / "raw").iterdir()) == [existing.name]
 
     assert convert_dataset("kvasir", source, 13, tmp_path / "raw", force=True) == existing
