@@ -1,11 +1,15 @@
 """The LLM4Seg booster: features -> tokens -> adapter -> one LLM layer -> adapter -> features."""
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import torch
 from torch import nn
 
+from nnunetv2_llm4seg.errors import CheckpointError, SpecConflictError
 from nnunetv2_llm4seg.layers import DEFAULT_ATTN_IMPLEMENTATION, build_layer_block
-from nnunetv2_llm4seg.spec import BoosterSpec
+from nnunetv2_llm4seg.spec import PRETRAINED_INITS, BoosterSpec
 
 
 def features_to_tokens(features: torch.Tensor) -> torch.Tensor:
@@ -18,18 +22,35 @@ def tokens_to_features(tokens: torch.Tensor, spatial: tuple[int, ...] | torch.Si
     return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *spatial)
 
 
-def init_like_paper(module: nn.Module) -> None:
-    """The official code's random init for its "Transformer" ablation: xavier-uniform weights, zero biases."""
+def init_linear_like_paper(module: nn.Module) -> None:
+    """The official code's need_init: xavier-uniform weights and zero biases for every nn.Linear, nothing else."""
     for submodule in module.modules():
         if isinstance(submodule, nn.Linear):
             nn.init.xavier_uniform_(submodule.weight)
             if submodule.bias is not None:
                 nn.init.zeros_(submodule.bias)
-        elif isinstance(submodule, nn.LayerNorm):
+
+
+def init_like_paper(module: nn.Module) -> None:
+    """A random layer of the same shape: nn.Linear as the official code, unit LayerNorms, small embeddings (RMSNorm
+    gains are ones from their constructor)."""
+    init_linear_like_paper(module)
+    for submodule in module.modules():
+        if isinstance(submodule, nn.LayerNorm):
             nn.init.ones_(submodule.weight)
             nn.init.zeros_(submodule.bias)
         elif isinstance(submodule, nn.Embedding):
             nn.init.normal_(submodule.weight, std=0.01)
+
+
+def encode_network_spec(spec: BoosterSpec) -> torch.Tensor:
+    """The fields that define the network, as UTF-8 JSON bytes in a uint8 tensor (stored with the weights)."""
+    text = json.dumps(spec.network_dict(), sort_keys=True)
+    return torch.tensor(list(text.encode()), dtype=torch.uint8)
+
+
+def decode_network_spec(stored: torch.Tensor) -> dict:
+    return json.loads(bytes(stored.cpu().tolist()).decode())
 
 
 class LLMBooster(nn.Module):
@@ -45,12 +66,18 @@ class LLMBooster(nn.Module):
         super().__init__()
         self.adapter_in = nn.Linear(channels, spec.hidden_size)
         # pre-trained weights are loaded right after (or come with a checkpoint): zeros until then
-        self.llm = (build_layer_block(spec, attn_implementation, placeholder=spec.init == "pretrained")
+        self.llm = (build_layer_block(spec, attn_implementation, placeholder=spec.init in PRETRAINED_INITS)
                     if spec.has_llm_layer else None)
         self.adapter_out = nn.Linear(spec.hidden_size, channels)
         self.residual = spec.residual
         self.compute_dtype = getattr(torch, spec.dtype)
         self.llm_trainable = spec.trainable
+        self.init = spec.init
+        self.awaiting_weights = spec.init in PRETRAINED_INITS
+        # what this network computes travels with its weights, so a checkpoint is never loaded into another network
+        self.register_buffer("network_spec", encode_network_spec(spec))
+        self._register_load_state_dict_pre_hook(self._check_stored_spec)
+        self.register_load_state_dict_post_hook(self._weights_arrived)
         if self.llm is not None:
             if spec.init == "random":
                 init_like_paper(self.llm)
@@ -58,7 +85,52 @@ class LLMBooster(nn.Module):
                 self.llm.store_weights_in(self.compute_dtype)
             self.llm.requires_grad_(spec.trainable)
 
+    def load_pretrained(self, spec: BoosterSpec) -> dict[str, Any]:
+        """Read the layer from the spec's source into place (and re-initialise its nn.Linear weights for
+        init "random-linear"); returns the provenance of what was read."""
+        from nnunetv2_llm4seg.loading import load_into_block
+
+        provenance = load_into_block(spec, self.llm)
+        if spec.init == "random-linear":
+            init_linear_like_paper(self.llm)
+        self.awaiting_weights = False
+        return provenance
+
+    def _check_stored_spec(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        """Before a state dict is loaded: it must come from a network with the same spec (checkpoints written
+        before the spec was stored are checked by shape only)."""
+        key = prefix + "network_spec"
+        if key not in state_dict:
+            state_dict[key] = self.network_spec
+        mine, stored = decode_network_spec(self.network_spec), decode_network_spec(state_dict[key])
+        differing = {k: (stored.get(k), mine.get(k)) for k in sorted(set(mine) | set(stored))
+                     if mine.get(k) != stored.get(k)}
+        if differing:
+            text = "; ".join(f"{k}: {a!r:.60} vs {b!r:.60}" for k, (a, b) in differing.items())
+            raise SpecConflictError(
+                f"these weights were trained with another LLM4Seg spec than the one this network was built from "
+                f"(the llm4seg entry of the plans.json next to them). Differing fields (weights vs plans): {text}. "
+                "Nothing was loaded. Use the plans.json of the model folder the checkpoint belongs to (restore the "
+                "edited llm4seg entry).")
+        for name, tensor in self.state_dict().items():
+            loaded = state_dict.get(prefix + name)
+            if loaded is not None and tuple(loaded.shape) != tuple(tensor.shape):
+                raise SpecConflictError(
+                    f"the checkpoint's booster.{name} has shape {tuple(loaded.shape)}, but the spec this network was "
+                    f"built from gives {tuple(tensor.shape)} (hidden size {self.adapter_in.out_features}): the "
+                    "plans.json (llm4seg entry) and the checkpoint come from different runs. Use the plans.json "
+                    "of the model folder the checkpoint belongs to.")
+
+    def _weights_arrived(self, module: nn.Module, incompatible: Any) -> None:
+        if not any(key.startswith("llm.") or ".llm." in key for key in incompatible.missing_keys):
+            self.awaiting_weights = False
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.awaiting_weights:
+            raise CheckpointError(
+                "the pre-trained LLM layer of this booster was never loaded (its weights are zero placeholders). "
+                "Call booster.load_pretrained(spec) (the LLM4Seg trainers do this in initialize()) or load a "
+                "checkpoint's state dict before running the network.")
         tokens = features_to_tokens(features)
         hidden = self.adapter_in(tokens)
         # LLM activations can exceed fp16's range: the layer and the adapter that reads it run outside autocast.

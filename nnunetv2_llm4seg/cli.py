@@ -1,4 +1,4 @@
-"""The `llm4seg` command: presets, describe, trainers, fetch, convert, demo, ablate."""
+"""The `llm4seg` command: presets, describe, trainers, fetch, convert, demo, ablate, study."""
 from __future__ import annotations
 
 import argparse
@@ -83,6 +83,8 @@ def cmd_trainers(args: argparse.Namespace) -> int:
     if not registered:
         print("no trainers registered: is nnunetv2-llm4seg installed (pip install -e .)?", file=sys.stderr)
         return 1
+    print(f"\nshort schedules of each, built on demand: <trainer>_1epoch, <trainer>_<N>epochs for any N >= 1 "
+          f"(e.g. {registered[0].name}_5epochs)")
     return 0
 
 
@@ -136,10 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     from nnunetv2_llm4seg.ablate import add_ablate_parser
     from nnunetv2_llm4seg.converters import add_convert_parser
     from nnunetv2_llm4seg.demo import add_demo_parser
+    from nnunetv2_llm4seg.plans_variants import add_plans_parser
+    from nnunetv2_llm4seg.study import add_study_parser
 
+    add_plans_parser(commands)
     add_convert_parser(commands)
     add_demo_parser(commands)
     add_ablate_parser(commands)
+    add_study_parser(commands)
     return parser
 
 

@@ -8,21 +8,49 @@ import torch
 from torch import nn
 
 from nnunetv2_llm4seg.booster import LLMBooster
-from nnunetv2_llm4seg.errors import SpecConflictError, SpecError
+from nnunetv2_llm4seg.errors import SpecError
 from nnunetv2_llm4seg.spec import BoosterSpec
 
 
 MAX_TOKENS = 4096  # per patch: attention cost grows with the square of the token count
+MIN_TOKENS = 2  # attention over a single token is the identity: the layer would be a per-token MLP
 
 
-def check_token_budget(spec: BoosterSpec, tokens: int) -> None:
-    """Refuse a booster position whose token count would make the LLM layer dominate memory and time."""
+def _stride_products(strides: Sequence[Sequence[int] | int], stage: int, dimensions: int) -> list[int]:
+    """The total downsampling per axis from the input to the output of encoder stage `stage`."""
+    total = [1] * dimensions
+    for stride in strides[: stage + 1]:
+        stride = [stride] * dimensions if isinstance(stride, int) else stride
+        total = [t * s for t, s in zip(total, stride)]
+    return total
+
+
+def tokens_at_stage(patch_size: Sequence[int], strides: Sequence[Sequence[int] | int], stage: int) -> int:
+    """Number of tokens the booster sees for a patch: the patch divided by the strides up to `stage`."""
+    total = _stride_products(strides, stage, len(patch_size))
+    return math.prod(size // t for size, t in zip(patch_size, total))
+
+
+def check_token_budget(spec: BoosterSpec, patch_size: Sequence[int], strides: Sequence[Sequence[int] | int],
+                       stage: int) -> None:
+    """Refuse, before the LLM layer is allocated, a booster position whose token count is too small to attend
+    over, beyond learned positions, or so large that the layer would dominate memory and time."""
+    if not spec.has_llm_layer:
+        return
+    tokens = tokens_at_stage(patch_size, strides, stage)
+    if tokens < MIN_TOKENS:
+        total = _stride_products(strides, stage, len(patch_size))
+        smallest = "x".join(map(str, total[:-1] + [2 * total[-1]]))
+        raise SpecError(f"the booster would see {tokens} token(s) per patch of {'x'.join(map(str, patch_size))} at "
+                        f"encoder stage {stage} (downsampled {'x'.join(map(str, total))}): attention needs at least "
+                        f"{MIN_TOKENS}. Use a patch of at least {smallest} (e.g. in the plans), or put the booster one "
+                        "stage higher ('stage': -2).")
     positions = spec.config.get("max_position_embeddings")
-    if spec.has_llm_layer and spec.family == "bert" and spec.positions == "native" and tokens > positions:
+    if spec.family == "bert" and spec.positions == "native" and tokens > positions:
         raise SpecError(f"the booster would see {tokens} tokens per patch, but {spec.family} layers have learned "
                         f"positions for {positions} only: put the booster deeper ('stage': -1 is the bottleneck), "
                         "use a smaller patch, or set 'positions' to 'none'.")
-    if spec.has_llm_layer and tokens > MAX_TOKENS:
+    if tokens > MAX_TOKENS:
         raise SpecError(f"the booster would see {tokens} tokens per patch ({spec.hidden_size} hidden each); the "
                         f"supported budget is {MAX_TOKENS} (attention memory grows with tokens squared). Put the "
                         "booster deeper ('stage': -1 is the bottleneck) or use a smaller patch size.")
@@ -51,18 +79,6 @@ class BoostedUNet(nn.Module):
             skips.append(x)
         return self.decoder(skips)
 
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """nnU-Net's load_state_dict, with a clear error when the checkpoint's booster has another shape."""
-        for name, tensor in self.booster.state_dict().items():
-            stored = state_dict.get(f"booster.{name}")
-            if stored is not None and tuple(stored.shape) != tuple(tensor.shape):
-                raise SpecConflictError(
-                    f"the checkpoint's booster.{name} has shape {tuple(stored.shape)}, but the spec this network was "
-                    f"built from gives {tuple(tensor.shape)} (hidden size {self.booster.adapter_in.out_features}): "
-                    "the plans.json (llm4seg entry) and the checkpoint come from different runs. Use the plans.json "
-                    "of the model folder the checkpoint belongs to.")
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
 
 def booster_stage_index(spec: BoosterSpec, n_stages: int) -> int:
     """The non-negative index of the stage the booster follows (spec.stage counts from the bottleneck)."""
@@ -70,15 +86,6 @@ def booster_stage_index(spec: BoosterSpec, n_stages: int) -> int:
         raise SpecError(f"'stage' is {spec.stage}, but this network has {n_stages} encoder stages: "
                         f"use -1..-{n_stages}.")
     return n_stages + spec.stage
-
-
-def tokens_at_stage(patch_size: Sequence[int], strides: Sequence[Sequence[int] | int], stage: int) -> int:
-    """Number of tokens the booster sees for a patch: the patch divided by the strides up to `stage`."""
-    spatial = list(patch_size)
-    for stride in strides[: stage + 1]:
-        stride = [stride] * len(spatial) if isinstance(stride, int) else stride
-        spatial = [size // s for size, s in zip(spatial, stride)]
-    return math.prod(spatial)
 
 
 def boost_unet(unet: nn.Module, spec: BoosterSpec) -> BoostedUNet:

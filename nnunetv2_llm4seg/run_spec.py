@@ -1,59 +1,57 @@
 """Which spec an nnU-Net run uses, and where it is stored so that a trained model needs nothing else.
 
-Requested spec, in this order: the configuration's "llm4seg" entry in the plans file, then nnUNet_llm4seg_spec,
-then the trainer's default preset; nnUNet_llm4seg_source then points whichever spec at another copy of the model,
-and the trainer's ablation overrides (trainable, init) are applied last.
+The trainer class and the plans file define the network: the configuration's "llm4seg" entry (written by
+`llm4seg plans`, used with `-p`) if there is one, else the trainer's default preset; the trainer's row overrides
+(trainable, init, attention, ...) are applied last. `nnUNet_llm4seg_source` only says where the weights are read
+from (a local copy or another hub id): it never changes the network, and the sha256 of what was read is checked.
 The resolved spec is written into the run's plans (configuration entry "llm4seg"), hence into the results
 folder's plans.json and every checkpoint; inference, --c and --val read it back from there.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
-from nnunetv2_llm4seg.errors import SpecConflictError, SpecError
+from nnunetv2_llm4seg.errors import CheckpointError, SpecConflictError, SpecError
 from nnunetv2_llm4seg.presets import load_preset, load_spec
-from nnunetv2_llm4seg.spec import DESCRIPTIVE_FIELDS, BoosterSpec
+from nnunetv2_llm4seg.spec import BoosterSpec
 
 PLANS_KEY = "llm4seg"
-SPEC_VARIABLE = "nnUNet_llm4seg_spec"
 SOURCE_VARIABLE = "nnUNet_llm4seg_source"
-TRAINER_DEFAULT = "trainer default"
-# Where the weights come from does not change the network when their sha256 is the same.
-LOCATION_FIELDS = ("source", "revision", "allow_pickle")
+RETIRED_SPEC_VARIABLE = "nnUNet_llm4seg_spec"
+
+def describe_differences(diff: Mapping[str, tuple]) -> str:
+    def short(value: Any) -> str:
+        text = repr(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    return "; ".join(f"{name}: {short(a)} vs {short(b)}" for name, (a, b) in diff.items())
 
 
-@dataclass(frozen=True)
-class RequestedSpec:
-    spec: BoosterSpec
-    origin: str
-
-    @property
-    def explicit(self) -> bool:
-        """True when the user chose the spec (plans entry or environment), not the trainer's default."""
-        return self.origin != TRAINER_DEFAULT
+def refuse_retired_variable() -> None:
+    if os.environ.get(RETIRED_SPEC_VARIABLE, "").strip():
+        raise SpecError(f"{RETIRED_SPEC_VARIABLE} is no longer read: the network is defined by the trainer class "
+                        "and the plans file, so that each LLM gets its own results folder. Write a plans variant "
+                        "instead: `llm4seg plans DATASET --preset NAME_OR_JSON --name NAME`, then train and predict "
+                        f"with `-p nnUNetPlans_NAME`; unset {RETIRED_SPEC_VARIABLE}.")
 
 
 def requested_spec(configuration: Mapping[str, Any], default_preset: str,
-                   overrides: Mapping[str, Any]) -> RequestedSpec:
-    """The spec a new run asks for (plans entry > environment > trainer default), with overrides applied."""
+                   overrides: Mapping[str, Any]) -> BoosterSpec:
+    """The spec a new run asks for (plans entry, else the trainer's default preset), with the trainer's overrides
+    applied and the weights' location taken from nnUNet_llm4seg_source when it is set."""
+    refuse_retired_variable()
     entry = configuration.get(PLANS_KEY)
-    env_spec = os.environ.get(SPEC_VARIABLE, "").strip()
-    env_source = os.environ.get(SOURCE_VARIABLE, "").strip()
-    if entry is not None:
-        spec, origin = load_spec(entry, where=f"plans entry {PLANS_KEY!r}"), "plans entry"
-    elif env_spec:
-        spec, origin = load_spec(env_spec, where=SPEC_VARIABLE), SPEC_VARIABLE
-    else:
-        spec, origin = load_preset(default_preset), TRAINER_DEFAULT
-    if env_source:  # where the weights are read from: also for a plans entry (it does not change the network)
-        spec = spec.replace(source=env_source)
-        origin = SOURCE_VARIABLE if origin == TRAINER_DEFAULT else f"{origin} + {SOURCE_VARIABLE}"
-    return RequestedSpec(spec.replace(provenance=None, **overrides), origin)
+    spec = load_spec(entry, where=f"plans entry {PLANS_KEY!r}") if entry is not None else load_preset(default_preset)
+    source = os.environ.get(SOURCE_VARIABLE, "").strip()
+    if source:
+        spec = spec.replace(source=source)
+    return spec.replace(provenance=None, **overrides)
 
 
 def configured_spec(configuration: Mapping[str, Any]) -> BoosterSpec:
@@ -73,13 +71,40 @@ def install_spec(plans: dict, configuration_name: str, configuration: dict, spec
     configuration[PLANS_KEY] = spec.to_dict()
 
 
-def spec_in_checkpoint(path: str | Path, configuration_name: str) -> BoosterSpec | None:
+def read_checkpoint(path: str | Path) -> dict:
+    """An nnU-Net checkpoint read without running pickled code (weights_only=True with the few plain types
+    nnU-Net stores besides tensors); a truncated or foreign file is refused with the ways out."""
+    import numpy as np
+
+    path = Path(path)
+    multiarray = (np._core if hasattr(np, "_core") else np.core).multiarray  # numpy 2 / numpy 1
+    # nnU-Net's logs hold numpy scalars (np.float64 Dice values); nothing else outside tensors and builtins
+    allowed = [np.dtype, np.ndarray, multiarray.scalar, multiarray._reconstruct,
+               *(type(np.dtype(kind)) for kind in (np.float64, np.float32, np.int64, np.int32, np.bool_))]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"{path} cannot be read as an nnU-Net checkpoint ({reason[:200]}). It may be truncated (a run killed "
+            f"while saving, a full disk) or not be a checkpoint. Ways out: continue from another checkpoint of the "
+            f"same fold (move {path.name} away; nnU-Net then takes checkpoint_best.pth), or start the fold afresh "
+            "without --c after moving the fold folder away.") from None
+    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
+        raise CheckpointError(f"{path} holds no nnU-Net checkpoint (no 'network_weights'); use a checkpoint "
+                              "written by nnUNetv2_train.")
+    return checkpoint
+
+
+def spec_in_checkpoint(checkpoint: dict | str | Path, configuration_name: str) -> BoosterSpec | None:
     """The spec an nnU-Net checkpoint was trained with (its init_args hold the run's plans)."""
-    checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    if not isinstance(checkpoint, dict):
+        checkpoint = read_checkpoint(checkpoint)
     configuration = checkpoint.get("init_args", {}).get("plans", {}).get("configurations", {}).get(
         configuration_name, {})
     entry = configuration.get(PLANS_KEY)
-    return None if entry is None else load_spec(entry, where=f"checkpoint {path}")
+    return None if entry is None else load_spec(entry, where=f"checkpoint ({configuration_name})")
 
 
 def spec_in_results_plans(plans_file: str | Path, configuration_name: str) -> BoosterSpec | None:
@@ -94,38 +119,30 @@ def spec_in_results_plans(plans_file: str | Path, configuration_name: str) -> Bo
     return None if entry is None else load_spec(entry, where=str(plans_file))
 
 
-def _describe(diff: Mapping[str, tuple]) -> str:
-    def short(value: Any) -> str:
-        text = repr(value)
-        return text if len(text) <= 60 else text[:57] + "..."
-
-    return "; ".join(f"{name}: {short(a)} vs {short(b)}" for name, (a, b) in diff.items())
-
-
-def check_resume(requested: RequestedSpec, stored: BoosterSpec, where: str) -> None:
-    """Resuming (--c, --val) uses the stored spec and the checkpoint's weights; an explicitly requested spec that
-    would build another network is an error (where the weights would be read from does not matter)."""
-    if not requested.explicit:
-        return
-    diff = requested.spec.differences(stored, ignore=DESCRIPTIVE_FIELDS + LOCATION_FIELDS)
+def check_resume(requested: BoosterSpec, stored: BoosterSpec, where: str) -> None:
+    """--c and --val continue with the checkpoint's network and weights: a plans entry or trainer that would build
+    another network is refused (where the weights would be read from does not matter)."""
+    diff = requested.network_differences(stored)
     if diff:
         raise SpecConflictError(
-            f"the run in {where} was trained with another LLM4Seg spec than the one requested by "
-            f"{requested.origin}. Differing fields (requested vs stored): {_describe(diff)}. Nothing was changed. "
-            f"To continue that run, unset {SPEC_VARIABLE}/{SOURCE_VARIABLE} (or the plans entry) so the stored "
-            "spec is used; to train the new spec, use another trainer or plans name, or move the old results away.")
+            f"the checkpoint {where} was trained with another LLM4Seg network than the one this trainer and plans "
+            f"define. Differing fields (requested vs checkpoint): {describe_differences(diff)}. Nothing was changed. "
+            "Continue with the trainer (-tr) and plans (-p) the fold was trained with, or move the fold away to "
+            "train the new network.")
 
 
 def check_same_model(new: BoosterSpec, stored: BoosterSpec, where: str) -> None:
-    """A fresh run must not write into a results folder whose other folds hold another network."""
-    diff = new.differences(stored, ignore=DESCRIPTIVE_FIELDS + LOCATION_FIELDS)
+    """A fresh fold must not write into a results folder whose other folds hold another network or other
+    pre-trained weights."""
+    diff = new.network_differences(stored)
     new_hash = (new.provenance or {}).get("sha256")
     stored_hash = (stored.provenance or {}).get("sha256")
     if new_hash and stored_hash and new_hash != stored_hash:
         diff["weights sha256"] = (new_hash, stored_hash)
     if diff:
         raise SpecConflictError(
-            f"{where} already holds a model trained with another LLM4Seg spec; training this fold with the new "
-            f"spec would mix two networks in one model folder. Differing fields (new vs stored): {_describe(diff)}. "
-            "Nothing was overwritten. Use the same spec (unset or fix nnUNet_llm4seg_spec / "
-            "nnUNet_llm4seg_source), another trainer or plans name, or move the old results folder away.")
+            f"{where} already holds a model trained with another LLM4Seg network or other pre-trained weights; "
+            f"training this fold would mix two models in one model folder. Differing (new vs stored): "
+            f"{describe_differences(diff)}. Nothing was overwritten. Read the layer from the same model "
+            f"({SOURCE_VARIABLE} pointing at the same weights), write a plans variant for the new one "
+            "(`llm4seg plans ... --name NAME`, then -p nnUNetPlans_NAME), or move the old results folder away.")

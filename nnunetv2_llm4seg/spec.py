@@ -10,7 +10,9 @@ from typing import Any, Mapping
 from nnunetv2_llm4seg.errors import SpecError
 from nnunetv2_llm4seg.families import FAMILIES, check_architecture_config, check_layer_memory, get_family
 
-INIT_CHOICES = ("pretrained", "random", "none")
+INIT_CHOICES = ("pretrained", "random", "random-linear", "none")
+# inits that read the pre-trained layer from the source (random-linear then re-initialises its nn.Linear weights)
+PRETRAINED_INITS = ("pretrained", "random-linear")
 ATTENTION_CHOICES = ("bidirectional", "causal")
 POSITION_CHOICES = ("native", "none", "paper")
 DTYPE_CHOICES = ("float32", "bfloat16")
@@ -20,6 +22,8 @@ MAX_JSON_DEPTH = 32
 
 # Fields that say where the spec came from or what was loaded, not what network it builds.
 DESCRIPTIVE_FIELDS = ("name", "description", "paper_layer", "provenance")
+# Fields that say where the weights are read from: another copy of the same model builds the same network.
+LOCATION_FIELDS = ("source", "revision", "allow_pickle")
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,9 @@ class BoosterSpec:
     layer:       0-based index of the layer in the model (the paper's "layer 15" of LLaMA is index 14).
     family:      model family of the layer: llama, qwen2, mistral (rotary decoder layers) or bert.
     config:      the model's architecture config (the values of its config.json).
-    init:        "pretrained" (weights from source), "random" (same shape, random init), "none" (adapters only).
+    init:        "pretrained" (weights from source), "random" (same shape, random init), "random-linear" (the
+                 pre-trained layer with its nn.Linear weights re-initialised, xavier with zero bias, as the official
+                 code's need_init: norm gains stay pre-trained), "none" (adapters only).
     trainable:   False freezes the LLM layer (the paper's default).
     attention:   "bidirectional" (every token sees every token) or "causal".
     positions:   "native" (the model's own position encoding over token order), "none", or "paper"
@@ -111,6 +117,15 @@ class BoosterSpec:
     @property
     def has_llm_layer(self) -> bool:
         return self.init != "none"
+
+    def network_dict(self) -> dict[str, Any]:
+        """The fields that define the network (what it computes), without descriptions and weight locations."""
+        return {key: value for key, value in self.to_dict().items()
+                if key not in DESCRIPTIVE_FIELDS + LOCATION_FIELDS}
+
+    def network_differences(self, other: "BoosterSpec") -> dict[str, tuple]:
+        """Fields that make the two specs build different networks: {field: (self value, other value)}."""
+        return self.differences(other, ignore=DESCRIPTIVE_FIELDS + LOCATION_FIELDS)
 
     def differences(self, other: "BoosterSpec", ignore: tuple[str, ...] = DESCRIPTIVE_FIELDS) -> dict[str, tuple]:
         """Fields (other than the descriptive ones) whose values differ: {field: (self value, other value)}."""

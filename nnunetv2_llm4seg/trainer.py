@@ -1,10 +1,13 @@
 """The nnU-Net trainer base class for LLM4Seg: nnU-Net's trainer with a booster in its network.
 
-Subclasses (in trainers/) only choose a default preset, ablation overrides and a schedule.
+Subclasses (in trainers/) only choose a default preset and a row (the mixins below: which parts of the booster
+train, how the layer is initialised); short schedules are built on demand (find_schedule_variant).
 """
 from __future__ import annotations
 
+import functools
 import os
+import re
 from typing import Any, ClassVar, Mapping
 
 import torch
@@ -15,21 +18,13 @@ from torch import nn
 
 from nnunetv2_llm4seg.booster import LLMBooster
 from nnunetv2_llm4seg.describe import count_parameters, trainable_and_frozen
-from nnunetv2_llm4seg.loading import load_into_block
-from nnunetv2_llm4seg.network import BoostedUNet, boost_unet, check_token_budget, tokens_at_stage
+from nnunetv2_llm4seg.network import (BoostedUNet, boost_unet, booster_stage_index, check_token_budget,
+                                      tokens_at_stage)
 from nnunetv2_llm4seg.run_spec import (check_resume, check_same_model, configured_spec, install_spec,
-                                       requested_spec, spec_in_checkpoint, spec_in_results_plans)
-from nnunetv2_llm4seg.spec import BoosterSpec
+                                       read_checkpoint, requested_spec, spec_in_checkpoint, spec_in_results_plans)
+from nnunetv2_llm4seg.spec import PRETRAINED_INITS, BoosterSpec
 
-CHECKPOINTS_FOR_RESUME = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
-SCHEDULES = (1, 5, 10, 20, 50, 100, 250, 500)
-# The paper's ablation rows: class-name suffix -> (spec overrides, what the row is).
-ABLATIONS = {
-    "Unfrozen": ({"trainable": True}, 'the pre-trained layer made trainable (the paper\'s "T" ablation)'),
-    "RandomInit": ({"init": "random", "trainable": True},
-                   'the same layer shape, randomly initialised and trainable (the paper\'s "Transformer" row)'),
-    "AdaptersOnly": ({"init": "none"}, "the two adapters without the LLM layer (isolates what they add)"),
-}
+SCHEDULE_NAME = re.compile(r"(?P<base>nnUNetTrainer\w*?)_(?P<epochs>\d+)epochs?")
 
 
 def unwrap(network: nn.Module) -> nn.Module:
@@ -42,8 +37,40 @@ def trainable_parameters(network: nn.Module) -> list[nn.Parameter]:
     return [p for p in network.parameters() if p.requires_grad]
 
 
+class Unfrozen:
+    """Row mixin: the pre-trained layer is trainable (the paper's "T" ablation)."""
+
+    spec_overrides: ClassVar[Mapping[str, Any]] = {"trainable": True}
+
+
+class RandomInit:
+    """Row mixin: the layer's shape, randomly initialised (xavier weights, zero biases, unit norms), trainable."""
+
+    spec_overrides: ClassVar[Mapping[str, Any]] = {"init": "random", "trainable": True}
+
+
+class PaperRandomInit:
+    """Row mixin: the official code's need_init: the pre-trained layer with its nn.Linear weights re-initialised
+    (xavier, zero bias; norm gains stay pre-trained), trainable as the paper's table counts it (+65.01M)."""
+
+    spec_overrides: ClassVar[Mapping[str, Any]] = {"init": "random-linear", "trainable": True}
+
+
+class AdaptersOnly:
+    """Row mixin (our control, not in the paper): the two adapters without the LLM layer."""
+
+    spec_overrides: ClassVar[Mapping[str, Any]] = {"init": "none"}
+
+
+class Causal:
+    """Row mixin: the frozen layer with causal attention (the official code's attention mode) and its own
+    positions: isolates whether attention direction matters."""
+
+    spec_overrides: ClassVar[Mapping[str, Any]] = {"attention": "causal"}
+
+
 class LLM4SegTrainer(nnUNetTrainer):
-    """nnUNetTrainer whose network carries an LLM4Seg booster (spec: plans entry > environment > default)."""
+    """nnUNetTrainer whose network carries an LLM4Seg booster (spec: plans entry, else the trainer's preset)."""
 
     default_preset: ClassVar[str] = "llama3.2-1b-l15"
     spec_overrides: ClassVar[Mapping[str, Any]] = {}
@@ -52,11 +79,7 @@ class LLM4SegTrainer(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         configuration_dict = PlansManager(plans).get_configuration(configuration).configuration
-        self.requested = requested_spec(configuration_dict, self.default_preset, self.spec_overrides)
-        self._checkpoint_specs: dict[str, BoosterSpec | None] = {}
-        spec = self.requested.spec
-        if plans.get("continue_training"):
-            spec = self._spec_to_resume(plans, configuration, fold) or spec
+        spec = requested_spec(configuration_dict, self.default_preset, self.spec_overrides)
         super().__init__(plans, configuration, fold, dataset_json, device)
         if self.schedule_epochs is not None:
             self.num_epochs = self.schedule_epochs
@@ -71,29 +94,6 @@ class LLM4SegTrainer(nnUNetTrainer):
     def _install(self, spec: BoosterSpec) -> None:
         install_spec(self.plans_manager.plans, self.configuration_name, self.configuration_manager.configuration,
                      spec)
-
-    def _spec_to_resume(self, plans: dict, configuration: str, fold: int | str) -> BoosterSpec | None:
-        """For --c: the spec of the checkpoint nnU-Net will continue from; checked before anything is written."""
-        from nnunetv2.paths import nnUNet_results
-
-        if not nnUNet_results.is_set():
-            return None
-        folder = os.path.join(str(nnUNet_results), plans["dataset_name"],
-                              f"{type(self).__name__}__{plans['plans_name']}__{configuration}", f"fold_{fold}")
-        for name in CHECKPOINTS_FOR_RESUME:
-            path = os.path.join(folder, name)
-            if os.path.isfile(path):
-                return self._checkpoint_spec(path, configuration)
-        return None
-
-    def _checkpoint_spec(self, path: str, configuration: str) -> BoosterSpec | None:
-        """The spec a checkpoint was trained with, checked against the requested one (each file read once)."""
-        if path not in self._checkpoint_specs:
-            stored = spec_in_checkpoint(path, configuration)
-            if stored is not None:
-                check_resume(self.requested, stored, path)
-            self._checkpoint_specs[path] = stored
-        return self._checkpoint_specs[path]
 
     # ---- network -----------------------------------------------------------------------------------
     @classmethod
@@ -111,10 +111,9 @@ class LLM4SegTrainer(nnUNetTrainer):
         spec = configured_spec(configuration_manager.configuration)
         unet = cls.build_unet(plans_manager, configuration_manager, num_input_channels, num_output_channels,
                               enable_deep_supervision)
-        network = boost_unet(unet, spec)
-        check_token_budget(spec, tokens_at_stage(configuration_manager.patch_size,
-                                                 cls.encoder_strides(configuration_manager), network.booster_stage))
-        return network
+        stage = booster_stage_index(spec, len(unet.encoder.stages))
+        check_token_budget(spec, configuration_manager.patch_size, cls.encoder_strides(configuration_manager), stage)
+        return boost_unet(unet, spec)  # the LLM layer is allocated only now, after the checks
 
     @classmethod
     def encoder_strides(cls, configuration_manager: ConfigurationManager) -> list:
@@ -128,9 +127,8 @@ class LLM4SegTrainer(nnUNetTrainer):
     def initialize(self) -> None:
         super().initialize()
         spec = self.llm4seg_spec
-        if spec.init == "pretrained" and not self.weights_from_checkpoint:
-            provenance = load_into_block(spec, self.booster.llm)
-            self._install(spec.replace(provenance=provenance))
+        if spec.init in PRETRAINED_INITS and not self.weights_from_checkpoint:
+            self._install(spec.replace(provenance=self.booster.load_pretrained(spec)))
         self._log_booster()
 
     def configure_optimizers(self):
@@ -141,17 +139,25 @@ class LLM4SegTrainer(nnUNetTrainer):
 
     # ---- checkpoints -------------------------------------------------------------------------------
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
-        """Adopt the checkpoint's spec before the network is built; its weights include the LLM layer."""
-        if not self.was_initialized and isinstance(filename_or_checkpoint, str):
-            stored = self._checkpoint_spec(filename_or_checkpoint, self.configuration_name)
+        """Read the checkpoint without unpickling code, check that it holds this trainer's network, adopt its spec
+        (with the provenance of its weights) before the network is built, then let nnU-Net load it."""
+        checkpoint = (read_checkpoint(filename_or_checkpoint) if isinstance(filename_or_checkpoint, (str, os.PathLike))
+                      else filename_or_checkpoint)
+        if not self.was_initialized:
+            stored = spec_in_checkpoint(checkpoint, self.configuration_name)
             if stored is not None:
+                check_resume(self.llm4seg_spec, stored, str(filename_or_checkpoint)
+                             if isinstance(filename_or_checkpoint, (str, os.PathLike)) else "given")
                 self._install(stored)
             self.weights_from_checkpoint = True
-        super().load_checkpoint(filename_or_checkpoint)
+        super().load_checkpoint(checkpoint)
 
     def on_train_start(self) -> None:
-        results_plans = os.path.join(self.output_folder_base, "plans.json")
-        stored = spec_in_results_plans(results_plans, self.configuration_name)
+        """Load the layer first (initialize), so that a results folder of another network or other weights is
+        refused before nnU-Net writes plans.json or any checkpoint."""
+        if not self.was_initialized:
+            self.initialize()
+        stored = spec_in_results_plans(os.path.join(self.output_folder_base, "plans.json"), self.configuration_name)
         if stored is not None:
             check_same_model(self.llm4seg_spec, stored, self.output_folder_base)
         super().on_train_start()
@@ -185,19 +191,21 @@ class LLM4SegTrainer(nnUNetTrainer):
                                add_timestamp=False)
 
 
-def schedule_variants(bases: tuple[type[nnUNetTrainer], ...], module: str) -> dict[str, type]:
-    """Short-schedule subclasses named like nnU-Net's own: Base_1epoch, Base_5epochs, ..., Base_500epochs."""
-    variants = {}
-    for base in bases:
-        for epochs in SCHEDULES:
-            name = f"{base.__name__}_{epochs}epoch{'s' if epochs != 1 else ''}"
-            variants[name] = type(name, (base,), {"schedule_epochs": epochs, "__module__": module,
-                                                  "__doc__": f"{base.__name__}, trained for {epochs} epoch(s)."})
-    return variants
+@functools.cache
+def schedule_variant(base: type[nnUNetTrainer], epochs: int, module: str) -> type[nnUNetTrainer]:
+    """`base` trained for `epochs` epochs, named like nnU-Net's own variants (Base_1epoch, Base_<N>epochs); one
+    class per (base, epochs), so that pickling and isinstance work across lookups."""
+    name = f"{base.__name__}_{epochs}epoch{'s' if epochs != 1 else ''}"
+    return type(name, (base,), {"schedule_epochs": epochs, "__module__": module, "__qualname__": name,
+                                "__doc__": f"{base.__name__}, trained for {epochs} epoch(s)."})
 
 
-def ablation_variants(base: type[LLM4SegTrainer], module: str) -> dict[str, type]:
-    """The ablation rows of a trainer: BaseUnfrozen, BaseRandomInit and BaseAdaptersOnly."""
-    return {f"{base.__name__}{suffix}": type(f"{base.__name__}{suffix}", (base,), {
-        "spec_overrides": overrides, "__module__": module, "__doc__": f"{base.__name__} with {what}."})
-        for suffix, (overrides, what) in ABLATIONS.items()}
+def find_schedule_variant(name: str, bases: Mapping[str, type[nnUNetTrainer]], module: str) -> type[nnUNetTrainer]:
+    """The class for a name like `nnUNetTrainerLLM4SegMiniLM_20epochs`, built on first use; AttributeError
+    (what module attribute lookup expects) for any other name."""
+    match = SCHEDULE_NAME.fullmatch(name)
+    if match and match["base"] in bases:
+        epochs = int(match["epochs"])
+        if epochs >= 1 and name == f"{match['base']}_{epochs}epoch{'s' if epochs != 1 else ''}":
+            return schedule_variant(bases[match["base"]], epochs, module)
+    raise AttributeError(f"module {module!r} has no attribute {name!r}")

@@ -11,6 +11,8 @@ from nnunetv2_llm4seg.spec import BoosterSpec
 
 
 def small_spec(family: str = "llama", **changes) -> BoosterSpec:
+    """A small layer's spec; randomly initialised unless the test asks for another init (nothing is loaded)."""
+    changes.setdefault("init", "random")
     if family == "bert":
         config = {"model_type": "bert", "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
                   "num_hidden_layers": 2, "max_position_embeddings": 128}
@@ -131,11 +133,21 @@ def test_paper_mode_matches_the_official_formulas():
     assert (reference - ours).abs().max() < 1e-6
 
 
-def test_pretrained_layer_is_a_zero_placeholder_until_loaded():
-    booster = LLMBooster(16, small_spec())
+def test_a_pretrained_layer_that_was_never_loaded_refuses_to_run(small_model):
+    from helpers import spec_for
+
+    from nnunetv2_llm4seg.errors import CheckpointError
+
+    booster = LLMBooster(16, spec_for(small_model, 1))
     assert all(not t.any() for t in booster.llm.layer.state_dict().values())
     features = torch.randn(1, 16, 3, 3)
+    with pytest.raises(CheckpointError, match="never loaded.*load_pretrained"):
+        booster(features)
+    booster.load_pretrained(spec_for(small_model, 1))
     assert torch.isfinite(booster(features)).all()
+    from_checkpoint = LLMBooster(16, spec_for(small_model, 1))
+    from_checkpoint.load_state_dict(booster.state_dict())
+    assert torch.equal(from_checkpoint(features), booster(features))
 
 
 def test_bf16_compute_dtype_and_no_fp16_under_autocast():

@@ -123,27 +123,27 @@ def test_deep_supervision_targets_match_the_network_not_the_plans():
     assert CMUNeXtTraining._get_deep_supervision_scales(trainer) is None
 
 
-def test_trainer_module_exports_every_variant_and_schedule():
+def test_cmunext_trainers_and_their_rows():
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+    import nnunetv2_llm4seg.trainers as trainers
+    from nnunetv2_llm4seg.presets import load_preset
     from nnunetv2_llm4seg.trainer import LLM4SegTrainer
-    from nnunetv2_llm4seg.trainers import llm4seg_cmunext_trainers as module
+    from nnunetv2_llm4seg.trainers.llm4seg_cmunext_trainers import CMUNeXtTraining
 
-    bases = ["nnUNetTrainerCMUNeXt", "nnUNetTrainerCMUNeXtLLM4Seg", "nnUNetTrainerCMUNeXtLLM4SegMiniLM",
-             "nnUNetTrainerCMUNeXtLLM4SegUnfrozen", "nnUNetTrainerCMUNeXtLLM4SegRandomInit",
-             "nnUNetTrainerCMUNeXtLLM4SegAdaptersOnly"]
-    schedules = {"_1epoch": 1, "_5epochs": 5, "_10epochs": 10, "_20epochs": 20, "_50epochs": 50,
-                 "_100epochs": 100, "_250epochs": 250, "_500epochs": 500}
-    expected = bases + [base + suffix for base in bases for suffix in schedules]
-    assert sorted(module.__all__) == sorted(expected)
-    for name in module.__all__:
-        trainer = getattr(module, name)
-        assert issubclass(trainer, nnUNetTrainer)
-        assert issubclass(trainer, LLM4SegTrainer) == (name.split("_")[0] != "nnUNetTrainerCMUNeXt")
-    for suffix, epochs in schedules.items():
-        assert getattr(module, "nnUNetTrainerCMUNeXt" + suffix).schedule_epochs == epochs
-    assert module.nnUNetTrainerCMUNeXtLLM4SegMiniLM.default_preset == "minilm-l6"
-    assert module.nnUNetTrainerCMUNeXtLLM4SegRandomInit.spec_overrides == {"init": "random", "trainable": True}
+    rows = {"": ("llama3.2-1b-l15", {}), "Unfrozen": ("llama3.2-1b-l15", {"trainable": True}),
+            "RandomInit": ("llama3.2-1b-l15", {"init": "random", "trainable": True}),
+            "AdaptersOnly": ("llama3.2-1b-l15", {"init": "none"}), "MiniLM": ("minilm-l6", {}),
+            "Paper": ("llama3.2-1b-l15-paper", {}), "PaperUnfrozen": ("llama3.2-1b-l15-paper", {"trainable": True}),
+            "PaperRandomInit": ("llama3.2-1b-l15-paper", {"init": "random-linear", "trainable": True})}
+    for row, (preset, overrides) in rows.items():
+        trainer = getattr(trainers, f"nnUNetTrainerCMUNeXtLLM4Seg{row}")
+        assert issubclass(trainer, CMUNeXtTraining) and issubclass(trainer, LLM4SegTrainer)
+        assert (trainer.default_preset, dict(trainer.spec_overrides)) == (preset, overrides), row
+        load_preset(preset).replace(**overrides)  # a valid spec
+    assert issubclass(trainers.nnUNetTrainerCMUNeXt, nnUNetTrainer)
+    assert not issubclass(trainers.nnUNetTrainerCMUNeXt, LLM4SegTrainer)
+    assert trainers.nnUNetTrainerCMUNeXt_20epochs.schedule_epochs == 20
 
 
 # ---- end to end through nnU-Net's command lines ----------------------------------------------------------------

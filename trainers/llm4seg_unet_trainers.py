@@ -1,19 +1,54 @@
 """LLM4Seg trainers for nnU-Net's own U-Nets (PlainConvUNet, ResidualEncoderUNet), 2D and 3D.
 
-Each class picks the LLM (a preset) and the ablation row; `_1epoch` ... `_500epochs` variants shorten the
-schedule. The LLM can be changed without code: see nnunetv2_llm4seg.run_spec.
+Each class names the LLM (a preset) and the row; `<Trainer>_<N>epochs` short schedules of each exist on demand
+(see nnunetv2_llm4seg.trainers). Another LLM, a local copy or another stage: `llm4seg plans` writes a plans
+variant, used with `-p`.
 """
-from nnunetv2_llm4seg.trainer import LLM4SegTrainer, ablation_variants, schedule_variants
+from nnunetv2_llm4seg.trainer import (AdaptersOnly, Causal, LLM4SegTrainer, PaperRandomInit, RandomInit,
+                                      Unfrozen)
 
 
 class nnUNetTrainerLLM4Seg(LLM4SegTrainer):
-    """LLaMA-3.2-1B layer 15 (index 14), frozen: the paper's main row."""
+    """LLM4Seg with our defaults: LLaMA-3.2-1B layer 15 (index 14), frozen, bidirectional attention, the layer's
+    own rotary positions, bfloat16 (the paper's computation is nnUNetTrainerLLM4SegPaper)."""
 
     default_preset = "llama3.2-1b-l15"
 
 
+class nnUNetTrainerLLM4SegUnfrozen(Unfrozen, nnUNetTrainerLLM4Seg):
+    """Our defaults, the pre-trained layer trainable."""
+
+
+class nnUNetTrainerLLM4SegRandomInit(RandomInit, nnUNetTrainerLLM4Seg):
+    """Our defaults, a randomly initialised trainable layer of the same shape."""
+
+
+class nnUNetTrainerLLM4SegAdaptersOnly(AdaptersOnly, nnUNetTrainerLLM4Seg):
+    """Our control row (not in the paper): the two adapters, no LLM layer."""
+
+
+class nnUNetTrainerLLM4SegCausal(Causal, nnUNetTrainerLLM4Seg):
+    """Our defaults with causal attention: isolates the attention direction."""
+
+
+class nnUNetTrainerLLM4SegPaper(LLM4SegTrainer):
+    """The paper's computation: LLaMA-3.2-1B layer 15 (index 14), frozen, causal attention, the official code's
+    swapped sin/cos positions, float32 (preset llama3.2-1b-l15-paper)."""
+
+    default_preset = "llama3.2-1b-l15-paper"
+
+
+class nnUNetTrainerLLM4SegPaperUnfrozen(Unfrozen, nnUNetTrainerLLM4SegPaper):
+    """The paper's "T" row: its computation with the pre-trained layer trainable."""
+
+
+class nnUNetTrainerLLM4SegPaperRandomInit(PaperRandomInit, nnUNetTrainerLLM4SegPaper):
+    """The paper's "Transformer" row as the official code runs it (need_init: pre-trained layer, nn.Linear
+    re-initialised), trainable as the paper's table counts it."""
+
+
 class nnUNetTrainerLLM4SegDeepSeek(LLM4SegTrainer):
-    """DeepSeek-R1-Distill-Qwen-1.5B layer 28 (index 27), frozen."""
+    """DeepSeek-R1-Distill-Qwen-1.5B layer 28 (index 27, as the paper says), frozen, our defaults."""
 
     default_preset = "deepseek-r1-qwen1.5b-l28"
 
@@ -24,13 +59,17 @@ class nnUNetTrainerLLM4SegMiniLM(LLM4SegTrainer):
     default_preset = "minilm-l6"
 
 
-# nnUNetTrainerLLM4SegUnfrozen, nnUNetTrainerLLM4SegRandomInit, nnUNetTrainerLLM4SegAdaptersOnly:
-# the paper's ablation rows on the LLaMA layer (nnunetv2_llm4seg.trainer.ABLATIONS).
-_ABLATIONS = ablation_variants(nnUNetTrainerLLM4Seg, __name__)
-globals().update(_ABLATIONS)
+class nnUNetTrainerLLM4SegMiniLMUnfrozen(Unfrozen, nnUNetTrainerLLM4SegMiniLM):
+    """MiniLM layer 5, trainable."""
 
-BASE_TRAINERS = (nnUNetTrainerLLM4Seg, nnUNetTrainerLLM4SegDeepSeek, nnUNetTrainerLLM4SegMiniLM,
-                 *_ABLATIONS.values())
-_SCHEDULED = schedule_variants(BASE_TRAINERS, __name__)
-globals().update(_SCHEDULED)
-__all__ = [cls.__name__ for cls in BASE_TRAINERS] + list(_SCHEDULED)
+
+class nnUNetTrainerLLM4SegMiniLMRandomInit(RandomInit, nnUNetTrainerLLM4SegMiniLM):
+    """MiniLM layer 5's shape, randomly initialised, trainable."""
+
+
+class nnUNetTrainerLLM4SegMiniLMAdaptersOnly(AdaptersOnly, nnUNetTrainerLLM4SegMiniLM):
+    """MiniLM's adapters (384 hidden), no layer: our control row."""
+
+
+class nnUNetTrainerLLM4SegMiniLMCausal(Causal, nnUNetTrainerLLM4SegMiniLM):
+    """MiniLM layer 5, frozen, with causal attention (the official code's attention mode)."""
