@@ -19,15 +19,18 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunetv2_llm4seg.experiments import (ExperimentError, NnUNetFolders, Schedule, case_metrics,
-                                          cpu_friendly_defaults, evaluate_folder, plan_and_preprocess,
-                                          pooled_f1, predict_folder, train_fold, training_curves,
-                                          write_plans_variant)
-from nnunetv2_llm4seg.report import markdown_table, mean_std, plot_overlays, plot_training_curves
+from nnunetv2_llm4seg.experiments import (ExperimentError, NnUNetFolders, Schedule, cpu_friendly_defaults,
+                                          evaluate_folder, plan_and_preprocess, predict_folder, train_fold,
+                                          training_curves, write_plans_variant)
+from nnunetv2_llm4seg.metrics import METRICS, NNUNET_LABEL, PAPER_LABEL, case_metrics
+from nnunetv2_llm4seg.report import markdown_table, mean_std, plot_overlays, plot_training_curves, write_text
 
 DEFAULT_TRAINERS = ("nnUNetTrainer", "nnUNetTrainerLLM4SegMiniLM")
 CONFIGURATION = "2d"
 DEMO_PLANS = "nnUNetPlans_llm4seg_demo"
+MARKER = ".llm4seg_demo"  # marks a folder as a demo output: only such folders (or empty ones) are written into
+MIN_IMAGE_SIZE = 32
+MIN_TRAIN_CASES = 5  # nnU-Net's 5-fold split needs one validation case per fold
 
 
 @dataclass(frozen=True)
@@ -56,15 +59,58 @@ class DemoData:
     test_labels: Path
 
 
-def _check_writable(folder: Path) -> None:
+def _check_output(folder: Path) -> None:
+    """An empty or new folder, or a previous demo output (its marker file); never a user's other folder."""
+    if folder.exists() and not folder.is_dir():
+        raise ExperimentError(f"cannot write to the output folder {folder} (a file of that name exists); "
+                              "choose another one with --output.")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / MARKER).is_file():
+        raise ExperimentError(f"the output folder {folder} is not empty and is not a previous llm4seg demo output "
+                              f"(no {MARKER} file): choose a new or empty folder with --output.")
+
+
+def _claim_output(folder: Path) -> None:
+    """Create the output folder and its marker (the first thing the demo writes)."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".llm4seg_write_test"
-        probe.write_text("ok")
-        probe.unlink()
+        (folder / MARKER).write_text("written by llm4seg demo: the demo may write into this folder again\n")
     except OSError as error:
         raise ExperimentError(f"cannot write to the output folder {folder} ({error.strerror}); "
                               "choose another one with --output.") from None
+
+
+def _positive(value: int, option: str, minimum: int) -> None:
+    if value < minimum:
+        raise ExperimentError(f"{option} must be at least {minimum}, got {value}.")
+
+
+def validate(options: DemoOptions, user_raw: Path) -> None:
+    """Every option, before anything is written: schedule, sizes, data source, trainers, output folder."""
+    from nnunetv2_llm4seg.study import check_trainers
+
+    _positive(options.epochs, "--epochs", 1)
+    _positive(options.iterations, "--iterations", 1)
+    _positive(options.image_size, "--image-size", MIN_IMAGE_SIZE)
+    _positive(options.train_cases, "--train-cases (nnU-Net's 5-fold split)", MIN_TRAIN_CASES)
+    _positive(options.test_cases, "--test-cases", 1)
+    _positive(options.seed, "--seed", 0)
+    kind, _, location = options.data.partition(":")
+    if kind in ("busbra", "kvasir") and location:
+        if not Path(location).expanduser().is_dir():
+            raise ExperimentError(f"--data {options.data!r}: {location} is not a folder (give the dataset's "
+                                  "downloaded folder).")
+    elif kind == "nnunet" and location:
+        _find_nnunet_dataset(location, user_raw)
+    elif options.data != "synthetic":
+        raise ExperimentError(f"--data {options.data!r}: use synthetic, busbra:PATH, kvasir:PATH or "
+                              "nnunet:DatasetNNN (a dataset in $nnUNet_raw).")
+    if not options.trainers:
+        raise ExperimentError("--trainers: name at least one trainer class.")
+    repeated = sorted({t for t in options.trainers if options.trainers.count(t) > 1})
+    if repeated:
+        raise ExperimentError(f"--trainers: {', '.join(repeated)} given twice; name each trainer once.")
+    check_trainers(options.trainers, "--trainers")
+    _check_output(options.output)
 
 
 def _case_ids(labels: Path, ending: str) -> list[str]:
@@ -136,20 +182,17 @@ def prepare_data(options: DemoOptions, folders: NnUNetFolders, dataset_id: int, 
             _hold_out_patients(folder)
         else:
             _hold_out_randomly(folder, options.held_out_fraction, options.seed, ".png")
-    elif kind == "nnunet" and location:
+    else:
         folder = _copy_nnunet_dataset(location, user_raw, folders, dataset_id)
         ending = json.loads((folder / "dataset.json").read_text())["file_ending"]
         if ending == ".png":
             _resize_pngs(folder, options.image_size)
         _hold_out_randomly(folder, options.held_out_fraction, options.seed, ending)
-    else:
-        raise ExperimentError(f"--data {options.data!r}: use synthetic, busbra:PATH, kvasir:PATH or "
-                              "nnunet:DatasetNNN (a dataset in $nnUNet_raw).")
     return DemoData(folder.name, folder / "imagesTs", folder / "labelsTs")
 
 
-def _copy_nnunet_dataset(name: str, raw: Path, folders: NnUNetFolders, dataset_id: int) -> Path:
-    """Copy a user's raw dataset (read only) to a new id; its own folder stays untouched."""
+def _find_nnunet_dataset(name: str, raw: Path) -> Path:
+    """A user's raw dataset folder by id (5, Dataset005) or full name."""
     number = re.fullmatch(r"(?:Dataset)?(\d{1,3})", name)
     if number:
         matches = sorted(raw.glob(f"Dataset{int(number.group(1)):03d}_*"))
@@ -158,7 +201,12 @@ def _copy_nnunet_dataset(name: str, raw: Path, folders: NnUNetFolders, dataset_i
     if not matches:
         raise ExperimentError(f"--data nnunet:{name}: no such dataset in {raw} (set nnUNet_raw to the folder that "
                               "holds it).")
-    source = matches[0]
+    return matches[0]
+
+
+def _copy_nnunet_dataset(name: str, raw: Path, folders: NnUNetFolders, dataset_id: int) -> Path:
+    """Copy a user's raw dataset (read only) to a new id; its own folder stays untouched."""
+    source = _find_nnunet_dataset(name, raw)
     target = folders.raw / f"Dataset{dataset_id:03d}_LLM4SegDemo_{source.name[11:]}"
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("imagesTs", "labelsTs", "splits_final.json"))
     return target
@@ -190,10 +238,11 @@ def run_demo(options: DemoOptions) -> str:
     """Run the whole demo; returns the Markdown table (also written to OUTPUT/results.md)."""
     from tqdm import tqdm
 
-    _check_writable(options.output)
     started = time.time()
     folders = NnUNetFolders.choose(options.output)
     user_raw = Path(os.environ.get("nnUNet_raw") or folders.raw)  # where nnunet:DatasetNNN is looked up
+    validate(options, user_raw)
+    _claim_output(options.output)
     folders.activate()
     cpu_friendly_defaults(options.device)
     log = options.output / "nnunet.log"
@@ -212,7 +261,7 @@ def run_demo(options: DemoOptions) -> str:
     rows, curves, predictions, results = [], {}, {}, {}
     for trainer in options.trainers:
         run = train_fold(data.dataset, CONFIGURATION, 0, trainer, DEMO_PLANS, schedule, options.device, log,
-                         validate=False, progress=options.progress)
+                         validate=False, progress=options.progress, seed=options.seed)
         steps.update(1)
         output = options.output / "predictions" / trainer
         start = time.time()
@@ -221,29 +270,29 @@ def run_demo(options: DemoOptions) -> str:
         summary = evaluate_folder(data.test_labels, output, run.model_folder / "dataset.json",
                                   run.model_folder / "plans.json", log)
         steps.update(1)
-        cases = case_metrics(summary)
-        dice, iou = (mean_std([c[key] for c in cases.values()]) for key in ("Dice", "IoU"))
-        results[trainer] = {"dice_mean": dice[0], "dice_std": dice[1], "iou_mean": iou[0], "iou_std": iou[1],
-                            "f1_pooled": pooled_f1(cases), "trainable_params": run.trainable_params,
-                            "frozen_params": run.frozen_params, "train_seconds": round(run.seconds, 1),
-                            "predict_seconds": round(predict_seconds, 1), "cases": len(cases),
-                            "model_folder": str(run.model_folder)}
-        rows.append([trainer, f"{dice[0]:.4f} ± {dice[1]:.4f}", f"{iou[0]:.4f} ± {iou[1]:.4f}",
-                     f"{pooled_f1(cases):.4f}", f"{run.trainable_params:,}", f"{run.frozen_params:,}",
-                     f"{run.seconds:.0f}"])
+        cases = case_metrics(summary, json.loads((run.model_folder / "dataset.json").read_text()))
+        stats = {key: mean_std([c[key] for c in cases.values()]) for key in METRICS}
+        results[trainer] = {**{f"{key.lower().replace(' ', '_')}_{part}": stats[key][index] for key in METRICS
+                               for index, part in enumerate(("mean", "std"))},
+                            "trainable_params": run.trainable_params, "frozen_params": run.frozen_params,
+                            "train_seconds": round(run.seconds, 1), "predict_seconds": round(predict_seconds, 1),
+                            "cases": len(cases), "model_folder": str(run.model_folder)}
+        rows.append([trainer, *(f"{stats[key][0]:.4f} ± {stats[key][1]:.4f}" for key in METRICS),
+                     f"{run.trainable_params:,}", f"{run.frozen_params:,}", f"{run.seconds:.0f}"])
         curves[trainer] = training_curves(run.fold_folder)
         predictions[trainer] = output
     steps.close()
     plot_training_curves(curves, options.output / "training_curves.png")
     _overlay_figure(data, predictions, ending, options.output / "overlays.png")
-    table = markdown_table(["method", "Dice (mean ± std)", "IoU (mean ± std)", "F1 (pooled)", "trainable params",
-                            "frozen params", "train time (s)"], rows)
+    table = markdown_table(["method", "Dice (nnU-Net)", "IoU (nnU-Net)", "IoU (paper protocol)",
+                            "F1 (paper protocol)", "trainable params", "frozen params", "train time (s)"], rows)
     total = time.time() - started
     header = (f"llm4seg demo: {options.data}, {len(_case_ids(data.test_labels, ending))} held-out cases, "
               f"{schedule.epochs} epochs x {schedule.iterations} iterations, device {options.device}, "
-              f"total {total / 60:.1f} min")
-    (options.output / "results.md").write_text(f"{header}\n\n{table}\n")
-    (options.output / "results.json").write_text(json.dumps(
+              f"total {total / 60:.1f} min. Mean ± std over held-out cases of the same predictions; "
+              f"{NNUNET_LABEL}; {PAPER_LABEL}.")
+    write_text(options.output / "results.md", f"{header}\n\n{table}\n")
+    write_text(options.output / "results.json", json.dumps(
         {"data": options.data, "dataset": data.dataset, "schedule": schedule.label(), "device": options.device,
          "total_seconds": round(total, 1), "methods": results}, indent=2))
     return f"{header}\n\n{table}"
@@ -275,7 +324,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     options = DemoOptions(output=args.output.resolve(), data=args.data, epochs=args.epochs,
-                          iterations=args.iterations, trainers=tuple(t for t in args.trainers.split(",") if t),
+                          iterations=args.iterations,
+                          trainers=tuple(t.strip() for t in args.trainers.split(",") if t.strip()),
                           device=device, image_size=args.image_size, train_cases=args.train_cases,
                           test_cases=args.test_cases, seed=args.seed, progress=not args.no_progress)
     print(run_demo(options))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,9 +176,23 @@ def _network_on_meta(trainer: Any) -> Any:
                                                   trainer.label_manager.num_segmentation_heads, False)
 
 
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators (nnU-Net's augmentation workers draw their own seeds)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def train_fold(dataset: str, configuration: str, fold: int, trainer_name: str, plans: str, schedule: Schedule,
-               device: str, log_file: Path, validate: bool, progress: bool = True) -> TrainingRun:
-    """Train one fold in this process with nnU-Net's trainer (skipped when its final checkpoint exists)."""
+               device: str, log_file: Path, validate: bool, progress: bool = True,
+               seed: int | None = None) -> TrainingRun:
+    """Train one fold in this process with nnU-Net's trainer (skipped when its final checkpoint exists); with
+    `seed`, the generators are seeded before the trainer is built."""
     import torch
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
@@ -191,6 +204,8 @@ def train_fold(dataset: str, configuration: str, fold: int, trainer_name: str, p
     plans_dict = json.loads((folder / f"{plans}.json").read_text())
     plans_dict["continue_training"] = False
     dataset_json = json.loads((folder / "dataset.json").read_text())
+    if seed is not None:
+        seed_everything(seed)
     with quiet(log_file):
         trainer = trainer_class(plans_dict, configuration, fold, dataset_json, device=torch.device(device))
     fold_folder = Path(trainer.output_folder)
@@ -264,24 +279,3 @@ def evaluate_folder(labels: Path, predictions: Path, dataset_json: Path, plans_j
         compute_metrics_on_folder2(str(labels), str(predictions), str(dataset_json), str(plans_json),
                                    str(predictions / "summary.json"), num_processes=1, chill=True)
     return json.loads((predictions / "summary.json").read_text())
-
-
-def case_metrics(summary: dict) -> dict[str, dict[str, float]]:
-    """case id -> Dice, IoU, TP, FP, FN (summed over the foreground labels/regions) from an nnU-Net summary."""
-    cases = {}
-    for entry in summary["metric_per_case"]:
-        case = Path(entry["reference_file"]).name.split(".")[0]
-        per_label = entry["metrics"].values()
-        tp, fp, fn = (sum(m[key] for m in per_label) for key in ("TP", "FP", "FN"))
-        dice = [m["Dice"] for m in per_label if not math.isnan(m["Dice"])]
-        iou = [m["IoU"] for m in per_label if not math.isnan(m["IoU"])]
-        cases[case] = {"Dice": sum(dice) / len(dice) if dice else float("nan"),
-                       "IoU": sum(iou) / len(iou) if iou else float("nan"), "TP": tp, "FP": fp, "FN": fn}
-    return cases
-
-
-def pooled_f1(cases: dict[str, dict[str, float]]) -> float:
-    """Pixel-level F1 over all cases pooled (TP, FP, FN summed first): unlike mean Dice, not dominated by small
-    or empty lesions."""
-    tp, fp, fn = (sum(c[key] for c in cases.values()) for key in ("TP", "FP", "FN"))
-    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")

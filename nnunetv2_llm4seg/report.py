@@ -1,8 +1,14 @@
-"""Tables and figures for `llm4seg demo` and `llm4seg ablate` (matplotlib, written as PNG)."""
+"""Tables and figures for `llm4seg demo`, `ablate` and `study` (matplotlib, written as PNG).
+
+Files are written to a temporary name next to the target and renamed over it, so a full disk or an
+interrupted run leaves the previous version of a table intact.
+"""
 from __future__ import annotations
 
 import csv
+import io
 import math
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -26,11 +32,32 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically (temporary file, then rename); the target is untouched on failure."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def _save(figure, path: Path) -> None:
+    """Save a figure atomically (see write_text)."""
+    temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        figure.savefig(temporary, dpi=110)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -54,7 +81,7 @@ def plot_training_curves(curves: dict[str, dict[str, list[float]]], path: Path) 
         axis.grid(alpha=0.3)
     axes[-1].legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    _save(figure, path)
     plt.close(figure)
 
 
@@ -83,7 +110,7 @@ def plot_overlays(images: Sequence[np.ndarray], truths: Sequence[np.ndarray],
     for column, title in enumerate(["image", "ground truth", *predictions]):
         axes[0, column].set_title(title, fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    _save(figure, path)
     plt.close(figure)
 
 
@@ -98,5 +125,27 @@ def plot_per_case(values: dict[str, Sequence[float]], metric: str, path: Path) -
     axis.set_ylabel(f"per-case {metric}")
     axis.grid(axis="y", alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    _save(figure, path)
+    plt.close(figure)
+
+
+def plot_differences(differences: dict[str, Sequence[float]], metric: str, path: Path) -> None:
+    """Per-case differences against the baseline: one box with its cases as points per row, a line at 0."""
+    plt = _pyplot()
+
+    figure, axis = plt.subplots(figsize=(1.6 + 1.3 * max(1, len(differences)), 3.6))
+    data = [list(values) for values in differences.values()]
+    if data:
+        axis.boxplot(data, showmeans=True)
+        jitter = np.random.default_rng(0)
+        for position, values in enumerate(data, start=1):
+            axis.scatter(position + jitter.uniform(-0.12, 0.12, len(values)), values, s=8, alpha=0.5)
+        axis.set_xticks(range(1, len(data) + 1), list(differences), rotation=20, ha="right", fontsize=8)
+    else:
+        axis.text(0.5, 0.5, "no row to compare with a baseline", ha="center", va="center", transform=axis.transAxes)
+    axis.axhline(0.0, color="black", linewidth=0.8)
+    axis.set_ylabel(f"per-case {metric}")
+    axis.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    _save(figure, path)
     plt.close(figure)

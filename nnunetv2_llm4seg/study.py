@@ -1,0 +1,511 @@
+"""`llm4seg study STUDY.json`: several datasets x rows x folds in one resumable run, with statistics.
+
+Every row trains with the same schedule, caps and seed policy (torch, numpy and random seeded with seed + fold
+before each fold) through nnU-Net's own trainer, validation and splits; finished folds are skipped and
+interrupted ones continue from their latest checkpoint when the command is run again. Per row and dataset the
+tables give both metric protocols (see metrics.py), mean ± std over folds and over cases, and against the
+baseline row: the mean per-case Dice difference with a bootstrap 95% confidence interval, a paired two-sided
+Wilcoxon signed-rank test and a plain-words verdict. `llm4seg ablate` is a study of one dataset.
+
+A STUDY.json (paths relative to the file; only "datasets" and "rows" are required):
+
+    {"datasets": ["Dataset120_KvasirSEG", {"dataset": "121", "folds": [0, 1, 2]}],
+     "rows": ["stock", "frozen", "nnUNetTrainerCMUNeXt"], "baseline": "stock", "preset": "minilm-l6",
+     "configuration": "2d", "folds": [0, 1, 2, 3, 4], "epochs": 50, "iterations": 250, "caps": "auto",
+     "device": "cuda", "seed": 0, "plans": "nnUNetPlans", "output": "study_results"}
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nnunetv2_llm4seg.experiments import (ExperimentError, Schedule, cpu_friendly_defaults, plan_and_preprocess,
+                                          train_fold, write_plans_variant)
+from nnunetv2_llm4seg.metrics import METRICS, NNUNET_LABEL, PAPER_LABEL, case_metrics
+from nnunetv2_llm4seg.report import markdown_table, mean_std, plot_differences, plot_per_case, write_csv, write_text
+
+ROWS = {
+    "stock": "nnUNetTrainer",
+    "frozen": "nnUNetTrainerLLM4Seg",
+    "unfrozen": "nnUNetTrainerLLM4SegUnfrozen",
+    "random": "nnUNetTrainerLLM4SegRandomInit",
+    "adapters": "nnUNetTrainerLLM4SegAdaptersOnly",
+    "cmunext": "nnUNetTrainerCMUNeXt",
+    "cmunext-frozen": "nnUNetTrainerCMUNeXtLLM4Seg",
+    "cmunext-unfrozen": "nnUNetTrainerCMUNeXtLLM4SegUnfrozen",
+    "cmunext-random": "nnUNetTrainerCMUNeXtLLM4SegRandomInit",
+    "cmunext-adapters": "nnUNetTrainerCMUNeXtLLM4SegAdaptersOnly",
+}
+BASELINES = ("stock", "cmunext")
+CPU_CAPS = (128, 256, 4)  # patch, features, batch: as the demo (nnU-Net plans batch 56 for small 2D images)
+MIN_CAPS = (16, 4, 1)
+STANDARD_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
+IMAGE_2D_ENDINGS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
+ALPHA = 0.05
+KEYS = {"datasets", "rows", "baseline", "preset", "configuration", "folds", "epochs", "iterations", "caps",
+        "device", "seed", "plans", "output"}
+DATASET_KEYS = {"dataset", "configuration", "folds", "plans"}
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    reference: str
+    configuration: str = "2d"
+    folds: tuple[int, ...] = (0,)
+    plans: str = "nnUNetPlans"
+
+
+@dataclass(frozen=True)
+class Study:
+    datasets: tuple[DatasetEntry, ...]
+    rows: tuple[str, ...]
+    output: Path | None  # None: nnUNet_results/DATASET/llm4seg_STEM__PLANS__CONFIGURATION (one dataset only)
+    baseline: str | None = None
+    preset: str = "llama3.2-1b-l15"
+    epochs: int = 50
+    iterations: int = 250
+    caps: tuple[int, int, int] | None = None
+    device: str = "cuda"
+    seed: int = 0
+    stem: str = "study"
+    progress: bool = True
+
+
+@dataclass
+class RowResult:
+    dataset: str
+    row: str
+    trainer: str
+    cases: dict[str, dict[str, float]] = field(default_factory=dict)
+    fold_dice: list[float] = field(default_factory=list)
+    trainable_params: int = 0
+    frozen_params: int = 0
+    seconds: float = 0.0
+
+
+def trainer_name(row: str) -> str:
+    return ROWS.get(row, row)
+
+
+def default_baseline(rows: tuple[str, ...]) -> str | None:
+    return next((row for row in rows if row in BASELINES), None)
+
+
+# ---------------------------------------------------------------- validation (before anything is created)
+
+def _positive(value: Any, what: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ExperimentError(f"{what} must be an integer >= {minimum}, got {value!r}.")
+    return value
+
+
+def check_trainers(names: tuple[str, ...], where: str) -> None:
+    """Every name is a trainer class nnU-Net can find (its own, this package's or nnUNet_extTrainer's)."""
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    for name in names:
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                recursive_find_trainer_class_by_name(name)
+        except (RuntimeError, AssertionError):
+            raise ExperimentError(f"{where}: no nnU-Net trainer class named {name!r} (check the spelling; "
+                                  "`llm4seg trainers` lists this package's trainers, and nnUNet_extTrainer can "
+                                  "point at folders with your own).") from None
+
+
+def check_rows(rows: tuple[str, ...], baseline: str | None) -> None:
+    if not rows:
+        raise ExperimentError("no rows given: name at least one of " + ", ".join(ROWS) + " or a trainer class.")
+    unknown = [row for row in rows if row not in ROWS and not row.startswith("nnUNetTrainer")]
+    if unknown:
+        raise ExperimentError(f"unknown row(s) {', '.join(unknown)}; rows are {', '.join(ROWS)} or trainer class "
+                              "names (nnUNetTrainer...).")
+    repeated = sorted({row for row in rows if rows.count(row) > 1})
+    if repeated:
+        raise ExperimentError(f"row(s) {', '.join(repeated)} given twice: name each row once.")
+    if baseline is not None and baseline not in rows:
+        raise ExperimentError(f"baseline {baseline!r} is not one of the rows ({', '.join(rows)}).")
+    check_trainers(tuple(trainer_name(row) for row in rows), "rows")
+
+
+def resolve_caps(caps: Any, device: str) -> tuple[int, int, int] | None:
+    """'auto': the CPU caps on a CPU, none on a GPU; None/'none': no caps; else (patch, features, batch)."""
+    if caps == "auto":
+        return CPU_CAPS if device == "cpu" else None
+    if caps in (None, "none"):
+        return None
+    if not isinstance(caps, (list, tuple)) or len(caps) != 3:
+        raise ExperimentError(f"caps must be 'auto', 'none' or three integers PATCH,FEATURES,BATCH, got {caps!r}.")
+    for value, name, minimum in zip(caps, ("patch", "features", "batch"), MIN_CAPS):
+        _positive(value, f"caps: the {name} cap", minimum)
+    return tuple(caps)
+
+
+def _dataset_name(reference: str) -> str:
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return maybe_convert_to_dataset_name(int(reference) if reference.isdigit() else reference)
+    except RuntimeError:
+        raise ExperimentError(f"dataset {reference!r} not found in nnUNet_raw/nnUNet_preprocessed/nnUNet_results "
+                              f"(nnUNet_raw={os.environ.get('nnUNet_raw')}): convert it first (llm4seg convert) "
+                              "and set the nnU-Net path variables.") from None
+
+
+def _available_folds(dataset: str) -> tuple[str, int]:
+    """Where the folds come from and how many there are: splits_final.json, else nnU-Net's own 5-fold split."""
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
+
+    for folder in (Path(str(nnUNet_preprocessed)) / dataset, Path(str(nnUNet_raw)) / dataset):
+        splits = folder / "splits_final.json"
+        if splits.is_file():
+            return str(splits), len(json.loads(splits.read_text()))
+    raw_json = Path(str(nnUNet_raw)) / dataset / "dataset.json"
+    cases = json.loads(raw_json.read_text()).get("numTraining", 0) if raw_json.is_file() else 5
+    if cases < 5:
+        raise ExperimentError(f"{dataset} has {cases} training case(s); nnU-Net's 5-fold split needs at least 5 "
+                              "(add cases or write your own splits_final.json into its preprocessed folder).")
+    return "nnU-Net's 5-fold split (no splits_final.json yet)", 5
+
+
+def check_dataset(entry: DatasetEntry) -> str:
+    """The dataset's name after checking its folds, configuration and plans; nothing is written."""
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
+
+    dataset = _dataset_name(entry.reference)
+    if not entry.folds:
+        raise ExperimentError(f"{dataset}: no folds given.")
+    for fold in entry.folds:
+        _positive(fold, f"{dataset}: fold", minimum=0)
+    if len(set(entry.folds)) != len(entry.folds):
+        raise ExperimentError(f"{dataset}: folds {list(entry.folds)} repeat a fold; name each fold once.")
+    source, count = _available_folds(dataset)
+    missing = [fold for fold in entry.folds if fold >= count]
+    if missing:
+        raise ExperimentError(f"{dataset}: fold(s) {', '.join(map(str, missing))} do not exist in {source}, which "
+                              f"has folds 0-{count - 1}; nnU-Net would silently train on a random 80:20 split "
+                              "instead. Choose folds from that range.")
+    plans_file = Path(str(nnUNet_preprocessed)) / dataset / f"{entry.plans}.json"
+    if plans_file.is_file():
+        configurations = json.loads(plans_file.read_text())["configurations"]
+        if entry.configuration not in configurations:
+            raise ExperimentError(f"{plans_file} has no configuration {entry.configuration!r}; available: "
+                                  f"{', '.join(configurations)}.")
+    elif entry.plans != "nnUNetPlans":
+        raise ExperimentError(f"{plans_file} does not exist: plan and preprocess first, e.g. "
+                              f"nnUNetv2_plan_and_preprocess -d {dataset[7:10]} -pl <planner> -c "
+                              f"{entry.configuration}.")
+    else:
+        ending = json.loads((Path(str(nnUNet_raw)) / dataset / "dataset.json").read_text())["file_ending"]
+        allowed = ("2d",) if ending.lower() in IMAGE_2D_ENDINGS else STANDARD_CONFIGURATIONS
+        if entry.configuration not in allowed:
+            raise ExperimentError(f"configuration {entry.configuration!r} is not available for {dataset} "
+                                  f"({ending} images): use {' or '.join(allowed)}.")
+    return dataset
+
+
+def _plans_entry(preset: str) -> Any:
+    """The llm4seg plans entry: a preset name, or the spec object of a JSON file (stored, so the file can go)."""
+    from nnunetv2_llm4seg.errors import SpecError
+    from nnunetv2_llm4seg.presets import load_spec
+
+    try:
+        spec = load_spec(preset, where="preset")
+    except SpecError as error:
+        raise ExperimentError(f"{error} (`llm4seg presets` lists the presets).") from None
+    return preset if spec.name == preset else spec.to_dict()
+
+
+def plans_name(study: Study, plans: str) -> str:
+    """One plans copy per preset, schedule and caps, so results of different settings never mix."""
+    preset = re.sub(r"[^A-Za-z0-9.-]+", "-", Path(study.preset).stem if study.preset.endswith(".json")
+                    else study.preset)
+    caps = f"_cap{'-'.join(map(str, study.caps))}" if study.caps else ""
+    return f"{plans}_llm4seg-{preset}_{study.epochs}x{study.iterations}{caps}"
+
+
+def validate(study: Study) -> tuple[list[str], Any]:
+    """All checks that need no writing: datasets, folds, configurations, rows, preset, schedule, caps."""
+    _positive(study.epochs, "epochs")
+    _positive(study.iterations, "iterations (training iterations per epoch)")
+    _positive(study.seed, "seed", minimum=0)
+    if study.caps is not None:
+        resolve_caps(list(study.caps), study.device)
+    if not study.datasets:
+        raise ExperimentError("no datasets given.")
+    check_rows(study.rows, study.baseline)
+    entry = _plans_entry(study.preset)
+    return [check_dataset(d) for d in study.datasets], entry
+
+
+# ---------------------------------------------------------------- running
+
+def _ensure_preprocessed(dataset: str, entry: DatasetEntry, log: Path) -> None:
+    """Plan and preprocess with nnU-Net's defaults when nothing is there; refuse other half-prepared states."""
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    folder = Path(str(nnUNet_preprocessed)) / dataset
+    plans_file = folder / f"{entry.plans}.json"
+    if not plans_file.is_file():
+        plan_and_preprocess(int(dataset[7:10]), entry.configuration, log)
+    configurations = json.loads(plans_file.read_text())["configurations"]
+    if entry.configuration not in configurations:
+        raise ExperimentError(f"nnU-Net planned no configuration {entry.configuration!r} for {dataset}; "
+                              f"available: {', '.join(configurations)}.")
+    data = PlansManager(str(plans_file)).get_configuration(entry.configuration).data_identifier
+    if not (folder / data).is_dir():
+        raise ExperimentError(f"configuration {entry.configuration!r} of {entry.plans} is not preprocessed "
+                              f"({folder / data} is missing): run nnUNetv2_preprocess -d {dataset[7:10]} -plans_name "
+                              f"{entry.plans} -c {entry.configuration}.")
+
+
+def run_row(study: Study, dataset: str, entry: DatasetEntry, plans: str, row: str, log: Path) -> RowResult:
+    """Train (or reuse) every fold of one row and collect both protocols' per-case metrics."""
+    schedule = Schedule(study.epochs, study.iterations, val_iterations=max(1, study.iterations // 5))
+    result = RowResult(dataset, row, trainer_name(row))
+    for fold in entry.folds:
+        run = train_fold(dataset, entry.configuration, fold, result.trainer, plans, schedule, study.device, log,
+                         validate=True, progress=study.progress, seed=study.seed + fold)
+        summary = json.loads((run.fold_folder / "validation" / "summary.json").read_text())
+        dataset_json = json.loads((run.model_folder / "dataset.json").read_text())
+        cases = {case: {**metrics, "fold": fold} for case, metrics in case_metrics(summary, dataset_json).items()}
+        result.cases.update(cases)
+        result.fold_dice.append(mean_std([c["Dice"] for c in cases.values()])[0])
+        result.trainable_params, result.frozen_params = run.trainable_params, run.frozen_params
+        schedule_file = run.fold_folder / "llm4seg_schedule.json"
+        if schedule_file.is_file():
+            result.seconds += json.loads(schedule_file.read_text())["seconds"]
+    return result
+
+
+# ---------------------------------------------------------------- statistics
+
+def paired_differences(baseline: dict[str, dict], other: dict[str, dict], metric: str = "Dice") -> list[float]:
+    """Per-case differences other - baseline for the cases both have a finite value for."""
+    return [other[c][metric] - baseline[c][metric] for c in sorted(set(baseline) & set(other))
+            if not (math.isnan(other[c][metric]) or math.isnan(baseline[c][metric]))]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    pairs: int
+    mean_difference: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    verdict: str
+
+
+def compare(differences: list[float], baseline: str, seed: int) -> Comparison:
+    """Bootstrap 95% CI of the mean difference (percentile, 10,000 resamples, fixed seed) and a paired
+    two-sided Wilcoxon signed-rank test; significant only when the CI excludes 0 and p < 0.05."""
+    from scipy.stats import bootstrap, wilcoxon
+
+    if len(differences) < 2:
+        return Comparison(len(differences), mean_std(differences)[0], math.nan, math.nan, math.nan,
+                          "too few paired cases to compare")
+    values = np.asarray(differences, dtype=float)
+    mean = float(values.mean())
+    if np.all(values == values[0]):
+        low = high = float(values[0])
+        p_value = 1.0 if values[0] == 0 else float(wilcoxon(values).pvalue)
+    else:
+        interval = bootstrap((values,), np.mean, confidence_level=0.95, n_resamples=10_000, method="percentile",
+                             random_state=np.random.default_rng(seed)).confidence_interval
+        low, high = float(interval.low), float(interval.high)
+        p_value = float(wilcoxon(values).pvalue)
+    if low <= 0 <= high or p_value >= ALPHA:
+        verdict = "no significant difference"
+    else:
+        verdict = f"{'better' if mean > 0 else 'worse'} than {baseline}"
+    return Comparison(len(differences), mean, low, high, p_value, verdict)
+
+
+# ---------------------------------------------------------------- tables and figures
+
+HEADER = ["dataset", "row", "trainer", "cases", "Dice (folds)", "Dice (cases)", "IoU (cases)", "paper IoU",
+          "paper F1", "ΔDice vs baseline [95% CI]", "p (Wilcoxon)", "verdict", "trainable params",
+          "frozen params", "train time (s)"]
+CSV_HEADER = ["dataset", "row", "trainer", "cases", "folds", "dice_fold_mean", "dice_fold_std", "dice_mean",
+              "dice_std", "iou_mean", "iou_std", "paper_iou_mean", "paper_iou_std", "paper_f1_mean",
+              "paper_f1_std", "baseline", "paired_cases", "delta_dice_mean", "delta_dice_ci_low",
+              "delta_dice_ci_high", "p_wilcoxon", "verdict", "trainable_params", "frozen_params", "train_seconds"]
+
+
+def _cell(pair: tuple[float, float]) -> str:
+    return f"{pair[0]:.4f} ± {pair[1]:.4f}"
+
+
+def summarise(results: list[RowResult], baseline: str | None, seed: int
+              ) -> tuple[list[list[str]], list[list[object]], dict[str, list[float]]]:
+    """Markdown rows, CSV rows and per-case Dice differences (label -> values) for the plot."""
+    markdown, csv_rows, differences = [], [], {}
+    for result in results:
+        stats = {key: mean_std([c[key] for c in result.cases.values()]) for key in METRICS}
+        folds = mean_std(result.fold_dice)
+        reference = next((r for r in results if r.dataset == result.dataset and r.row == baseline), None)
+        comparison = None
+        if reference is not None and reference is not result:
+            diffs = paired_differences(reference.cases, result.cases)
+            comparison = compare(diffs, baseline, seed)
+            differences[f"{result.dataset[11:] or result.dataset}: {result.row}"] = diffs
+        verdict = comparison.verdict if comparison else ("baseline" if reference is result else "-")
+        delta = (f"{comparison.mean_difference:+.4f} [{comparison.ci_low:+.4f}, {comparison.ci_high:+.4f}]"
+                 if comparison else "-")
+        markdown.append([result.dataset, result.row, result.trainer, str(len(result.cases)), _cell(folds),
+                         *(_cell(stats[key]) for key in METRICS), delta,
+                         f"{comparison.p_value:.3g}" if comparison else "-", verdict,
+                         f"{result.trainable_params:,}", f"{result.frozen_params:,}", f"{result.seconds:.0f}"])
+        nan = float("nan")
+        csv_rows.append([result.dataset, result.row, result.trainer, len(result.cases), len(result.fold_dice),
+                         *folds, *(v for key in METRICS for v in stats[key]),
+                         baseline if comparison else "", comparison.pairs if comparison else 0,
+                         *((comparison.mean_difference, comparison.ci_low, comparison.ci_high, comparison.p_value)
+                           if comparison else (nan, nan, nan, nan)), verdict,
+                         result.trainable_params, result.frozen_params, round(result.seconds, 1)])
+    return markdown, csv_rows, differences
+
+
+def write_outputs(study: Study, results: list[RowResult], title: str) -> list[Path]:
+    """STEM.md, STEM.csv, STEM_per_case.csv, STEM_dice.png, STEM_differences.png in the output folder."""
+    output, stem = study.output, study.stem
+    markdown, csv_rows, differences = summarise(results, study.baseline, study.seed)
+    legend = (f"Dice (folds): mean ± std over folds of each fold's mean case Dice; other metrics: mean ± std over "
+              f"cases. {NNUNET_LABEL}; {PAPER_LABEL}. ΔDice: mean per-case difference to the baseline row "
+              f"({study.baseline or 'none'}) on the same cases, bootstrap 95% CI (percentile, 10,000 resamples, "
+              f"seed {study.seed}); p: paired two-sided Wilcoxon signed-rank test on per-case Dice; verdict "
+              "'no significant difference' when the CI contains 0 or p >= 0.05.")
+    paths = [output / f"{stem}{suffix}" for suffix in (".md", ".csv", "_per_case.csv", "_dice.png",
+                                                        "_differences.png")]
+    try:
+        write_text(paths[0], f"{title}\n\n{legend}\n\n{markdown_table(HEADER, markdown)}\n")
+        write_csv(paths[1], CSV_HEADER, csv_rows)
+        write_csv(paths[2], ["dataset", "row", "trainer", "fold", "case", *METRICS],
+                  [[r.dataset, r.row, r.trainer, m["fold"], case, *(m[key] for key in METRICS)]
+                   for r in results for case, m in sorted(r.cases.items())])
+        plot_per_case({f"{r.dataset[11:] or r.dataset}: {r.row}": [c["Dice"] for c in r.cases.values()]
+                       for r in results}, "Dice", paths[3])
+        plot_differences(differences, f"Dice - Dice of {study.baseline}", paths[4])
+    except OSError as error:
+        raise ExperimentError(f"cannot write the tables into {output} ({error.strerror}): free some space or "
+                              "choose another output folder; tables written there before are unchanged and "
+                              "trained folds are kept (run again to only redo the tables).") from None
+    return paths
+
+
+def run_study(study: Study) -> list[Path]:
+    """Validate everything, then train what is missing and write the tables; returns the written files."""
+    from nnunetv2.paths import nnUNet_preprocessed
+
+    study = replace(study, baseline=study.baseline or default_baseline(study.rows))
+    datasets, llm4seg_entry = validate(study)
+    if study.output is None:
+        from nnunetv2.paths import nnUNet_results
+
+        entry = study.datasets[0]
+        study = replace(study, output=Path(str(nnUNet_results)) / datasets[0] /
+                        f"llm4seg_{study.stem}__{plans_name(study, entry.plans)}__{entry.configuration}")
+    cpu_friendly_defaults(study.device)
+    try:
+        study.output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ExperimentError(f"cannot create the output folder {study.output} ({error.strerror}): choose "
+                              "another one.") from None
+    log = study.output / "nnunet.log"
+    results = []
+    for dataset, entry in zip(datasets, study.datasets):
+        _ensure_preprocessed(dataset, entry, log)
+        plans = write_plans_variant(Path(str(nnUNet_preprocessed)) / dataset, entry.plans,
+                                    plans_name(study, entry.plans), entry.configuration, caps=study.caps,
+                                    llm4seg_entry=llm4seg_entry)
+        results += [run_row(study, dataset, entry, plans, row, log) for row in study.rows]
+    folds = "; ".join(f"{d} ({e.configuration}) folds {', '.join(map(str, e.folds))}"
+                      for d, e in zip(datasets, study.datasets))
+    caps = f"caps patch/features/batch {'/'.join(map(str, study.caps))}" if study.caps else "no caps"
+    title = (f"LLM4Seg {study.stem}: {folds}; preset {study.preset}; {study.epochs} epochs x {study.iterations} "
+             f"iterations, {caps}, device {study.device}, seed {study.seed} + fold.")
+    return write_outputs(study, results, title)
+
+
+# ---------------------------------------------------------------- STUDY.json and the command
+
+def _dataset_entry(item: Any, defaults: dict[str, Any]) -> DatasetEntry:
+    if isinstance(item, (str, int)) and not isinstance(item, bool):
+        item = {"dataset": str(item)}
+    if not isinstance(item, dict) or "dataset" not in item:
+        raise ExperimentError(f"datasets: each entry is a dataset id/name or an object with a \"dataset\" key, "
+                              f"got {item!r}.")
+    unknown = sorted(set(item) - DATASET_KEYS)
+    if unknown:
+        raise ExperimentError(f"datasets: unknown key(s) {', '.join(unknown)}; allowed: "
+                              f"{', '.join(sorted(DATASET_KEYS))}.")
+    merged = {**defaults, **item}
+    folds = merged["folds"]
+    if not isinstance(folds, list):
+        raise ExperimentError(f"folds must be a list of fold numbers, got {folds!r}.")
+    return DatasetEntry(str(merged["dataset"]), str(merged["configuration"]), tuple(folds), str(merged["plans"]))
+
+
+def load_study(path: Path, device: str | None = None, progress: bool = True) -> Study:
+    """Read and check STUDY.json's structure (values are checked by validate)."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ExperimentError(f"study file {path} does not exist.") from None
+    except (OSError, ValueError) as error:
+        raise ExperimentError(f"study file {path} cannot be read as JSON ({error}).") from None
+    if not isinstance(data, dict):
+        raise ExperimentError(f"study file {path}: expected a JSON object with \"datasets\" and \"rows\".")
+    unknown = sorted(set(data) - KEYS)
+    missing = sorted({"datasets", "rows"} - set(data))
+    if unknown or missing:
+        raise ExperimentError(f"study file {path}: " + "; ".join(
+            ([f"unknown key(s) {', '.join(unknown)}"] if unknown else []) +
+            ([f"missing key(s) {', '.join(missing)}"] if missing else [])) + f". Keys: {', '.join(sorted(KEYS))}.")
+    if not isinstance(data["datasets"], list) or not isinstance(data["rows"], list):
+        raise ExperimentError(f"study file {path}: \"datasets\" and \"rows\" must be lists.")
+    defaults = {"configuration": data.get("configuration", "2d"), "folds": data.get("folds", [0]),
+                "plans": data.get("plans", "nnUNetPlans")}
+    device = device or data.get("device") or _default_device()
+    output = Path(data.get("output", f"{path.stem}_results")).expanduser()
+    return Study(datasets=tuple(_dataset_entry(item, defaults) for item in data["datasets"]),
+                 rows=tuple(str(row) for row in data["rows"]), output=(path.parent / output).resolve(),
+                 baseline=data.get("baseline"), preset=str(data.get("preset", Study.preset)),
+                 epochs=data.get("epochs", Study.epochs), iterations=data.get("iterations", Study.iterations),
+                 caps=resolve_caps(data.get("caps", "auto"), device), device=device,
+                 seed=data.get("seed", Study.seed), progress=progress)
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def add_study_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("study", help="several datasets and rows in one resumable run, with statistics",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("study", type=Path, help="the study's JSON file")
+    parser.add_argument("--device", choices=("cpu", "cuda", "mps"), default=None,
+                        help="overrides the file's device (default: cuda if available, else cpu)")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(handler=_cmd_study)
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    paths = run_study(load_study(args.study, args.device, progress=not args.no_progress))
+    print(paths[0].read_text())
+    print("wrote " + ", ".join(map(str, paths)))
+    return 0

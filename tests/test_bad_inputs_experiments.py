@@ -1,0 +1,133 @@
+"""Bad-input matrix for `llm4seg ablate`, `demo` and `study`: each mistake ends with one clear message and a
+non-zero exit before anything is planned or created, and everything that existed is left unchanged."""
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from badinputs import BadInput, check_bad_input, raises_run, run_llm4seg, snapshot
+
+from nnunetv2_llm4seg.synthetic import make_ultrasound_dataset
+
+CREATED_BY_NOTHING = ("nnunet_preprocessed", "nnunet_results", "demo_out", "study_out")
+
+
+def refused_before_anything(args: Callable[[Path], list[str]]) -> Callable:
+    """`llm4seg args(tmp_path)`; also asserts that no planning, result or output folder was created."""
+    def run(tmp_path, small_model, capsys, monkeypatch):
+        before = snapshot(tmp_path)
+        outcome = run_llm4seg(args(tmp_path), capsys)
+        created = [name for name in set(snapshot(tmp_path)) - set(before) if name.startswith(CREATED_BY_NOTHING)]
+        assert not created and not any((tmp_path / name).exists() for name in ("demo_out", "study_out")), created
+        assert outcome[1].count("error:") == 1, outcome[1]  # one clear line, no traceback
+        return outcome
+    return run
+
+
+def case(args: Callable[[Path], list[str]], fragments: list[str], setup=None) -> BadInput:
+    return BadInput(refused_before_anything(args), tuple(fragments), setup)
+
+
+def dataset(cases: int = 6) -> Callable:
+    def setup(tmp_path, model):
+        make_ultrasound_dataset(tmp_path / "nnunet_raw", 640, cases=cases, size=32, name="Tiny")
+    return setup
+
+
+def dataset_with_three_folds(tmp_path, model):
+    dataset()(tmp_path, model)
+    folder = tmp_path / "nnunet_preprocessed" / "Dataset640_Tiny"
+    folder.mkdir(parents=True)
+    cases = [f"us_tr_{i:03d}" for i in range(6)]
+    splits = [{"train": [c for c in cases if c not in cases[k::3]], "val": cases[k::3]} for k in range(3)]
+    (folder / "splits_final.json").write_text(json.dumps(splits))
+
+
+def non_empty_folder(tmp_path, model):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "results.md").write_text("my own results")
+
+
+def study_file(**content) -> Callable:
+    def args(tmp_path):
+        (tmp_path / "s.json").write_text(json.dumps({"datasets": ["640"], "rows": ["stock"], "device": "cpu",
+                                                     "output": "study_out", **content}))
+        return ["study", str(tmp_path / "s.json")]
+    return args
+
+
+def ablate(*extra: str) -> Callable:
+    return lambda tmp_path: ["ablate", "640", "--device", "cpu", "--no-progress", *extra]
+
+
+def demo(*extra: str) -> Callable:
+    return lambda tmp_path: ["demo", "--output", str(tmp_path / "demo_out"), "--no-progress", *extra]
+
+
+def full_disk(tmp_path, model, monkeypatch):
+    """The tables cannot be written (ENOSPC): the previous ones stay as they were."""
+    from nnunetv2_llm4seg import report
+    from nnunetv2_llm4seg.study import DatasetEntry, RowResult, Study, write_outputs
+
+    def no_space(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(report.Path, "write_text", no_space)
+    study = Study(datasets=(DatasetEntry("640"),), rows=("stock",), output=tmp_path / "old", baseline="stock")
+    cases = {"a": {"Dice": 0.5, "IoU": 0.3, "paper IoU": 0.3, "paper F1": 0.5, "fold": 0}}
+    write_outputs(study, [RowResult("Dataset640_Tiny", "stock", "nnUNetTrainer", cases, [0.5])], "title")
+
+
+def old_tables(tmp_path, model):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "study.md").write_text("the previous table")
+
+
+CASES = {
+    "ablate: fold missing from splits_final.json": case(ablate("--folds", "0", "7"),
+                                                        ["fold(s) 7", "folds 0-2", "80:20"], dataset_with_three_folds),
+    "ablate: fold beyond nnU-Net's 5-fold split": case(ablate("--folds", "5"), ["fold(s) 5", "folds 0-4"], dataset()),
+    "ablate: negative fold": case(ablate("--folds", "-1"), ["fold must be an integer >= 0"], dataset()),
+    "ablate: repeated fold": case(ablate("--folds", "1", "1"), ["repeat a fold"], dataset()),
+    "ablate: too few cases for 5 folds": case(ablate(), ["3 training case(s)", "at least 5"], dataset(3)),
+    "ablate: zero epochs": case(ablate("--epochs", "0"), ["epochs must be an integer >= 1"], dataset()),
+    "ablate: negative iterations": case(ablate("--iterations", "-1"), ["iterations", ">= 1"], dataset()),
+    "ablate: unknown row": case(ablate("--rows", "stock,frozn"), ["unknown row(s) frozn", "unfrozen"], dataset()),
+    "ablate: unknown trainer class": case(ablate("--rows", "stock,nnUNetTrainerNoSuchThing"),
+                                          ["nnUNetTrainerNoSuchThing", "llm4seg trainers"], dataset()),
+    "ablate: row twice": case(ablate("--rows", "stock,stock"), ["given twice"], dataset()),
+    "ablate: unknown preset": case(ablate("--preset", "no-such-preset"), ["no-such-preset", "llm4seg presets"],
+                                   dataset()),
+    "ablate: 3D configuration of 2D images": case(ablate("-c", "3d_fullres"), ["3d_fullres", "use 2d"], dataset()),
+    "ablate: unknown dataset": case(ablate(), ["'640' not found", "llm4seg convert"]),
+    "ablate: patch cap too small": case(ablate("--caps", "8,256,4"), ["patch cap", ">= 16"], dataset()),
+    "ablate: caps not numbers": case(ablate("--caps", "big"), ["--caps", "PATCH,FEATURES,BATCH"], dataset()),
+    "demo: zero epochs": case(demo("--epochs", "0"), ["--epochs must be at least 1"]),
+    "demo: negative iterations": case(demo("--iterations", "-1"), ["--iterations must be at least 1"]),
+    "demo: image size 1": case(demo("--image-size", "1"), ["--image-size must be at least 32"]),
+    "demo: too few training cases for 5 folds": case(demo("--train-cases", "3"), ["--train-cases", "5-fold", "5"]),
+    "demo: no held-out cases": case(demo("--test-cases", "0"), ["--test-cases must be at least 1"]),
+    "demo: unknown trainer": case(demo("--trainers", "nnUNetTrainer,nnUNetTrainerBogus"),
+                                  ["'nnUNetTrainerBogus'", "--trainers"]),
+    "demo: unknown data kind": case(demo("--data", "mnist"), ["mnist", "busbra:PATH"]),
+    "demo: missing BUS-BRA folder": case(demo("--data", "busbra:/no/such/folder"), ["/no/such/folder", "not a folder"]),
+    "demo: missing nnU-Net dataset": case(demo("--data", "nnunet:Dataset123"), ["no such dataset", "nnUNet_raw"]),
+    "demo: non-empty folder that is no demo output": case(
+        lambda tmp_path: ["demo", "--output", str(tmp_path / "mine"), "--no-progress"],
+        ["not empty", ".llm4seg_demo", "--output"], non_empty_folder),
+    "study: missing file": case(lambda tmp_path: ["study", str(tmp_path / "none.json")], ["none.json", "does not exist"]),
+    "study: unknown key": case(study_file(colour="red"), ["unknown key(s) colour"], dataset()),
+    "study: baseline not a row": case(study_file(baseline="frozen"), ["baseline 'frozen'", "rows"], dataset()),
+    "study: bad dataset entry": case(study_file(datasets=[{"id": 640}]), ["\"dataset\" key"], dataset()),
+    "study: caps of two numbers": case(study_file(caps=[128, 4]), ["caps", "three integers"], dataset()),
+    "study: full disk keeps the previous tables": BadInput(raises_run(full_disk),
+                                                          ("cannot write the tables", "free some space"), old_tables),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input(name, tmp_path, small_model, capsys, monkeypatch):
+    check_bad_input(name, CASES[name], tmp_path, small_model, capsys, monkeypatch)
