@@ -466,7 +466,7 @@ def test_existing_target_needs_force_and_stays_unchanged(tmp_path):
 
     with pytest.MonkeyPatch.context() as patch:  # an error while writing leaves everything as it was
         patch.setattr(output, "save_image", disk_full)
-        with pytest.raises(ConversionError, match="no space left on the device of .*partial output was removed"):
+        with pytest.raises(ConversionError, match="no space left on the device of .*no partial output is left"):
             convert_dataset("kvasir", source, 13, tmp_path / "raw", force=True)
     assert len(written) == 2 and not any(path.exists() for path in written)
     assert _tree(tmp_path / "raw") == before and sorted(p.name for p in (tmp_path / "raw").iterdir()) == [existing.name]
@@ -537,6 +537,14 @@ def test_convert_command(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "raw" / "Dataset003_Polyps" / "dataset.json").is_file()
     out = capsys.readouterr().out
     assert "3 training and 0 test cases" in out and "nnUNetv2_plan_and_preprocess -d 3" in out
+    assert "  0 of 3 masks empty (no lesion)\n" in out
+
+    busi = _busi(tmp_path / "busi")
+    args = _parser().parse_args(["convert", "busi", str(busi), "--dataset-id", "5", "--include-normal",
+                                 "--raw-folder", str(tmp_path / "raw")])
+    assert args.handler(args) == 0
+    out = capsys.readouterr().out
+    assert "4 training" in out and "  2 of 4 masks empty (no lesion)\n" in out and "excluded" not in out
 
     args = _parser().parse_args(["convert", "kvasir", str(source), "--dataset-id", "4"])
     with pytest.raises(ConversionError, match="--raw-folder DIR or set the environment variable nnUNet_raw"):

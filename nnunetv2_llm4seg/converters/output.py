@@ -49,8 +49,8 @@ def check_target(target: Path, splits: list | None, force: bool) -> None:
     or differing folds in the preprocessed folder."""
     blocking = next((parent for parent in (target.parent, *target.parent.parents) if parent.exists()), None)
     if blocking is not None and not blocking.is_dir():
-        raise ConversionError(f"{blocking} is a file where the raw folder {target.parent} needs a folder: pass "
-                              f"another --raw-folder (or nnUNet_raw)")
+        raise ConversionError(f"raw folder {target.parent}: {blocking} is a file, not a folder; pass another "
+                              f"--raw-folder (or set nnUNet_raw)")
     if os.path.lexists(target) and not force:
         raise ConversionError(f"{target} already exists; pass --force (force=True) to replace it")
     prefix = target.name.split("_")[0] + "_"
@@ -70,12 +70,12 @@ def check_target(target: Path, splits: list | None, force: bool) -> None:
 def _write_failure(exc: OSError, folder: Path) -> ConversionError:
     """A clean error for a failed write into `folder`, saying what to do."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return ConversionError(f"no space left on the device of {folder} ({exc}); the partial output was removed and "
+        return ConversionError(f"no space left on the device of {folder} ({exc}); no partial output is left and "
                                f"nothing else changed: free some space or pass another --raw-folder")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return ConversionError(f"cannot write into {folder}: permission denied or read-only ({exc}); the partial "
-                               f"output was removed: make it writable or pass another --raw-folder")
-    return ConversionError(f"writing into {folder} failed ({exc}); the partial output was removed and nothing else "
+        return ConversionError(f"cannot write into {folder}: permission denied or read-only ({exc}); no partial "
+                               f"output is left: make it writable or pass another --raw-folder")
+    return ConversionError(f"writing into {folder} failed ({exc}); no partial output is left and nothing else "
                            f"changed")
 
 

@@ -136,71 +136,84 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
     return rgb @ np.array([0.299, 0.587, 0.114])
 
 
-def _palette_levels(img: Image.Image) -> tuple[np.ndarray, dict[int, str], dict[int, float]]:
-    """Palette mask as (levels = indices or TRANSPARENT, name per level, brightness per level)."""
+@dataclass(frozen=True)
+class _Levels:
+    """A lossless mask's pixels as levels, the levels it uses (TRANSPARENT included), and per opaque level its
+    name in messages and its brightness."""
+
+    values: np.ndarray
+    used: list[float]
+    names: dict[float, str]
+    brightness: dict[float, float]
+
+
+def _distinct(values: np.ndarray) -> list[float]:
+    """Sorted distinct values; counting is much faster than sorting for 8- and 16-bit masks."""
+    if values.dtype.kind in "ub" and values.dtype.itemsize <= 2:
+        return [float(v) for v in np.flatnonzero(np.bincount(values.ravel()))]
+    return [float(v) for v in np.unique(values)]
+
+
+def _palette_levels(img: Image.Image) -> _Levels:
+    """Palette mask: levels are the indices; transparent pixels are TRANSPARENT."""
     data = np.asarray(img)
-    indices = (data[..., 0] if data.ndim == 3 else data).astype(np.int64)
-    alpha = data[..., 1] if data.ndim == 3 else np.full(indices.shape, 255)
+    indices = data[..., 0] if data.ndim == 3 else data
+    alpha = data[..., 1] if data.ndim == 3 else None
     transparency = img.info.get("transparency")
     if isinstance(transparency, bytes):
         alpha = np.pad(np.frombuffer(transparency, np.uint8), (0, 256), constant_values=255)[indices]
     elif isinstance(transparency, int):
         alpha = np.where(indices == transparency, 0, 255)
     colours = np.array((img.getpalette("RGB") or []) + [0] * 768, dtype=np.float64)[:768].reshape(256, 3)
-    levels = np.where(alpha == 0, TRANSPARENT, indices)
-    used = [int(level) for level in np.unique(levels) if level != TRANSPARENT]
-    names = {i: f"index {i} {tuple(int(c) for c in colours[i])}" for i in used}
-    return levels, names, {i: float(_luma(colours[i])) for i in used}
+    values = indices if alpha is None else np.where(alpha == 0, TRANSPARENT, indices)
+    used = _distinct(values)
+    opaque = [int(i) for i in used if i != TRANSPARENT]
+    return _Levels(values, used, {i: f"index {i} {tuple(int(c) for c in colours[i])}" for i in opaque},
+                   {i: float(_luma(colours[i])) for i in opaque})
 
 
-def _direct_levels(img: Image.Image) -> tuple[np.ndarray, dict[int, str], dict[float, float]]:
-    """Grey or colour mask as (levels, name per level, brightness per level); colours are packed as integers."""
+def _direct_levels(img: Image.Image) -> _Levels:
+    """Grey or colour mask: levels are grey values or colours packed as integers; transparent pixels are
+    TRANSPARENT."""
     if img.mode in ("1", "L", "I", "F") or img.mode.startswith("I;16"):
-        levels = np.asarray(img).astype(np.float64)
-        return levels, {}, {float(v): float(v) for v in np.unique(levels)}
+        values = np.asarray(img)
+        used = _distinct(values)
+        return _Levels(values, used, {v: f"{v:g}" for v in used}, {v: v for v in used})
     rgba = np.asarray(img.convert("LA" if img.mode == "LA" else "RGBA")).astype(np.int64)
     colour, alpha = rgba[..., :-1], rgba[..., -1]
-    if colour.shape[-1] == 1:
-        levels = colour[..., 0]
-        used = np.unique(levels[alpha > 0])
-        names, brightness = {}, {int(v): float(v) for v in used}
-    else:
-        levels = (colour[..., 0] << 16) | (colour[..., 1] << 8) | colour[..., 2]
-        used = np.unique(levels[alpha > 0])
-        rgb = {int(v): ((v >> 16) & 255, (v >> 8) & 255, v & 255) for v in used}
-        names = {v: str(tuple(int(c) for c in c3)) for v, c3 in rgb.items()}
-        brightness = {v: float(_luma(np.array(c3, np.float64))) for v, c3 in rgb.items()}
-    return np.where(alpha == 0, TRANSPARENT, levels), names, brightness
-
-
-def _level_name(level: float, names: dict) -> str:
-    """How a level is shown in messages."""
-    if level == TRANSPARENT:
-        return "transparent"
-    return names.get(int(level), f"{level:g}") if float(level).is_integer() else f"{level:g}"
+    gray = colour.shape[-1] == 1
+    packed = colour[..., 0] if gray else (colour[..., 0] << 16) | (colour[..., 1] << 8) | colour[..., 2]
+    values = np.where(alpha == 0, TRANSPARENT, packed)
+    used = _distinct(values)
+    opaque = [int(v) for v in used if v != TRANSPARENT]
+    if gray:
+        return _Levels(values, used, {v: str(v) for v in opaque}, {v: float(v) for v in opaque})
+    rgb = {v: ((v >> 16) & 255, (v >> 8) & 255, v & 255) for v in opaque}
+    return _Levels(values, used, {v: str(c) for v, c in rgb.items()},
+                   {v: float(_luma(np.array(c, np.float64))) for v, c in rgb.items()})
 
 
 def _lossless_mask(img: Image.Image, path: Path) -> np.ndarray:
     """Lossless mask: background and exactly one lesion level (rule in the module docstring)."""
     palette = img.mode in ("P", "PA")
-    levels, names, brightness = (_palette_levels if palette else _direct_levels)(img)
-    used = sorted(float(level) for level in np.unique(levels))
-    if TRANSPARENT in used:
+    levels = (_palette_levels if palette else _direct_levels)(img)
+    names = {TRANSPARENT: "transparent", **levels.names}
+    if TRANSPARENT in levels.used:
         background = TRANSPARENT
-    elif palette and 0 in used:
+    elif palette and 0 in levels.used:
         background = 0
     else:
-        background = min(used, key=brightness.__getitem__)
-    lesion = [level for level in used if level != background]
-    shown = [_level_name(level, names) for level in used]
+        background = min(levels.used, key=levels.brightness.__getitem__)
+    lesion = [level for level in levels.used if level != background]
+    shown = [names[level] for level in levels.used]
     if len(lesion) > 1:
-        raise ConversionError(f"mask {path} holds {len(used)} levels ({listing(shown)}); a binary dataset needs "
-                              f"exactly two, the background ({_level_name(background, names)}) and one lesion "
-                              f"value. Give every lesion pixel one value (e.g. 255) and save the mask again")
-    if not lesion and background not in (TRANSPARENT, 0) and brightness[background] > 0:
+        raise ConversionError(f"mask {path} holds {len(shown)} levels ({listing(shown)}); a binary dataset needs "
+                              f"exactly two, the background ({names[background]}) and one lesion value. Give "
+                              f"every lesion pixel one value (e.g. 255) and save the mask again")
+    if not lesion and background not in (TRANSPARENT, 0) and levels.brightness[background] > 0:
         raise ConversionError(f"mask {path} is uniformly {shown[0]}: one level cannot tell lesion from background. "
                               f"Save an empty mask as 0 (black), or a lesion on a background of 0")
-    return levels == lesion[0] if lesion else np.zeros(levels.shape, bool)
+    return levels.values == lesion[0] if lesion else np.zeros(levels.values.shape, bool)
 
 
 def read_mask(path: Path) -> np.ndarray:
