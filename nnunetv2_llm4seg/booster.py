@@ -43,6 +43,24 @@ def init_like_paper(module: nn.Module) -> None:
             nn.init.normal_(submodule.weight, std=0.01)
 
 
+def add_lora(layer: nn.Module, spec: BoosterSpec) -> None:
+    """PEFT LoRA adapters (float32, trainable) on the frozen layer's projections; the layer itself stays frozen
+    in its compute dtype. PEFT is imported only here: rows without LoRA never import it."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from nnunetv2_llm4seg.spec import lora_targets
+
+    options = spec.lora or {}
+    config = LoraConfig(r=options.get("rank", 8), lora_alpha=options.get("alpha", 16),
+                        lora_dropout=options.get("dropout", 0.0), target_modules=list(lora_targets(spec)),
+                        bias="none")
+    inject_adapter_in_model(config, layer)
+    for name, parameter in layer.named_parameters():
+        if "lora_" in name:
+            parameter.data = parameter.data.float()
+            parameter.requires_grad_(True)
+
+
 def encode_network_spec(spec: BoosterSpec) -> torch.Tensor:
     """The fields that define the network, as UTF-8 JSON bytes in a uint8 tensor (stored with the weights)."""
     text = json.dumps(spec.network_dict(), sort_keys=True)
@@ -70,6 +88,8 @@ class LLMBooster(nn.Module):
                     if spec.has_llm_layer else None)
         self.adapter_out = nn.Linear(spec.hidden_size, channels)
         self.residual = spec.residual
+        # "gated": one learnable gate per channel, 0 at the start: the network starts as the CNN alone
+        self.gate = nn.Parameter(torch.zeros(channels)) if spec.residual == "gated" else None
         self.compute_dtype = getattr(torch, spec.dtype)
         self.llm_trainable = spec.trainable
         self.init = spec.init
@@ -84,6 +104,8 @@ class LLMBooster(nn.Module):
             if not spec.trainable:  # a frozen layer is stored in its compute dtype; a trainable one keeps fp32
                 self.llm.store_weights_in(self.compute_dtype)
             self.llm.requires_grad_(spec.trainable)
+            if spec.lora is not None:
+                add_lora(self.llm.layer, spec)
 
     def load_pretrained(self, spec: BoosterSpec) -> dict[str, Any]:
         """Read the layer from the spec's source into place (and re-initialise its nn.Linear weights for
@@ -139,6 +161,8 @@ class LLMBooster(nn.Module):
                 hidden = self._run_llm(hidden)
             boosted = self.adapter_out(hidden.to(self.adapter_out.weight.dtype))
         boosted = tokens_to_features(boosted, features.shape[2:])
+        if self.gate is not None:
+            return features + self.gate.view(1, -1, *([1] * (features.dim() - 2))) * boosted
         return features + boosted if self.residual else boosted
 
     def _run_llm(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,10 @@ def _spec_from_args(args: argparse.Namespace):
         changes["init"] = args.init
     if getattr(args, "trainable", None) is not None:
         changes["trainable"] = args.trainable
+    if getattr(args, "lora_rank", None) is not None:
+        changes["lora"] = {"rank": args.lora_rank, "alpha": 2 * args.lora_rank}
+    if getattr(args, "gated", False):
+        changes["residual"] = "gated"
     return spec.replace(**changes) if changes else spec
 
 
@@ -65,6 +69,8 @@ def cmd_describe(args: argparse.Namespace) -> int:
         ("attention / positions", f"{report['attention']}, {report['positions']}, {report['dtype']}"),
         ("adapter params", f"{report['adapter_params']:,}"),
         ("LLM layer params", f"{report['llm_layer_params']:,}"),
+        ("LoRA params", f"{report['lora_params']:,}" + (f" (rank {report['lora']['rank']})" if report["lora"] else "")),
+        ("gate params", f"{report['gate_params']:,}"),
         ("position params", f"{report['position_params']:,}"),
         ("trainable params", f"{report['trainable_params']:,}"),
         ("frozen params", f"{report['frozen_params']:,}"),
@@ -123,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     state = describe.add_mutually_exclusive_group()
     state.add_argument("--trainable", dest="trainable", action="store_true", default=None)
     state.add_argument("--frozen", dest="trainable", action="store_false")
+    describe.add_argument("--lora-rank", type=int, help="add LoRA adapters of this rank (alpha = 2 x rank)")
+    describe.add_argument("--gated", action="store_true", help="add the booster through a gate that starts at 0")
     describe.add_argument("--json", action="store_true", help="print one JSON object")
     describe.set_defaults(handler=cmd_describe)
 

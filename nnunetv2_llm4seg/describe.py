@@ -10,8 +10,10 @@ from nnunetv2_llm4seg.booster import LLMBooster
 from nnunetv2_llm4seg.spec import BoosterSpec
 
 
-def count_parameters(module: torch.nn.Module | None) -> int:
-    return 0 if module is None else sum(p.numel() for p in module.parameters())
+def count_parameters(module: torch.nn.Module | torch.Tensor | None) -> int:
+    if module is None:
+        return 0
+    return module.numel() if isinstance(module, torch.Tensor) else sum(p.numel() for p in module.parameters())
 
 
 def trainable_and_frozen(module: torch.nn.Module) -> tuple[int, int]:
@@ -26,6 +28,7 @@ def describe_booster(spec: BoosterSpec, channels: int, spatial: tuple[int, ...] 
         booster = LLMBooster(channels, spec)
     llm = booster.llm
     trainable, frozen = trainable_and_frozen(booster)
+    lora = sum(p.numel() for name, p in booster.named_parameters() if ".lora_" in name)
     return {
         "preset": spec.name,
         "source": spec.source,
@@ -41,8 +44,12 @@ def describe_booster(spec: BoosterSpec, channels: int, spatial: tuple[int, ...] 
         "attention": spec.attention,
         "positions": spec.positions,
         "dtype": spec.dtype,
+        "residual": spec.residual,
+        "lora": dict(spec.lora) if spec.lora is not None else None,
         "adapter_params": count_parameters(booster.adapter_in) + count_parameters(booster.adapter_out),
-        "llm_layer_params": count_parameters(llm.layer) if llm is not None else 0,
+        "llm_layer_params": (count_parameters(llm.layer) - lora) if llm is not None else 0,
+        "lora_params": lora,
+        "gate_params": count_parameters(booster.gate),
         "position_params": count_parameters(getattr(llm, "position_table", None)),
         "trainable_params": trainable,
         "frozen_params": frozen,

@@ -30,6 +30,7 @@ PICKLE_SINGLE = "pytorch_model.bin"
 # Keys of config.json that fix the layer's structure: the source must agree with the spec on these.
 STRUCTURAL_KEYS = ("model_type", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
                    "head_dim", "num_hidden_layers", "attention_bias", "mlp_bias", "hidden_act")
+LORA_MARK = ".lora_"
 # Non-persistent buffers that some older checkpoints saved; they are recomputed, never loaded.
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 # The weight dtypes a layer is loaded from, by their safetensors names; anything else (bool, integers,
@@ -172,8 +173,10 @@ def expected_tensors(spec: BoosterSpec, block: torch.nn.Module, prefix: str,
     """{checkpoint tensor name: block state_dict name} for every tensor the block needs."""
     wanted = {}
     for block_name in block.state_dict():
-        if block_name.startswith("layer."):
-            wanted[prefix + block_name[len("layer."):]] = block_name
+        if LORA_MARK in block_name:  # LoRA adapters are trained, never read from the model
+            continue
+        if block_name.startswith("layer."):  # a LoRA-wrapped projection keeps its weights in .base_layer
+            wanted[prefix + block_name[len("layer."):].replace(".base_layer.", ".")] = block_name
         else:  # the learned position table (BERT)
             options = [n for n in get_family(spec.family).position_table_names if n in names]
             wanted[options[0] if options else get_family(spec.family).position_table_names[0]] = block_name

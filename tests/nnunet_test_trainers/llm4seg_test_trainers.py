@@ -5,7 +5,8 @@ import os
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunetv2_llm4seg.trainers import nnUNetTrainerLLM4Seg, nnUNetTrainerLLM4SegMiniLM
+from nnunetv2_llm4seg.trainers import (nnUNetTrainerLLM4Seg, nnUNetTrainerLLM4SegMiniLM, nnUNetTrainerLLM4SegMiniLMGated,
+                                       nnUNetTrainerLLM4SegMiniLMLoRA)
 
 
 class ShortSchedule:
@@ -35,4 +36,12 @@ class nnUNetTrainerLLM4Seg_test(ShortSchedule, nnUNetTrainerLLM4Seg):
 
 
 class nnUNetTrainer_test(ShortSchedule, nnUNetTrainer):
+    pass
+
+
+class nnUNetTrainerLLM4SegMiniLMLoRA_test(ShortSchedule, nnUNetTrainerLLM4SegMiniLMLoRA):
+    pass
+
+
+class nnUNetTrainerLLM4SegMiniLMGated_test(ShortSchedule, nnUNetTrainerLLM4SegMiniLMGated):
     pass
