@@ -61,6 +61,8 @@ FAMILIES: dict[str, Family] = {
     ),
 }
 
+ROTARY_FAMILIES = tuple(name for name, family in FAMILIES.items() if family.rotary_class)
+
 _REQUIRED = {
     "llama": ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers"),
     "bert": ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers",
@@ -227,6 +229,9 @@ def _head_sizes(family: str, config: Mapping[str, Any]) -> tuple[int, int, int]:
             raise SpecError(f"config.hidden_size ({hidden}) must be divisible by "
                             f"config.num_attention_heads ({heads}).")
         head_size = hidden // heads
+    if family in ROTARY_FAMILIES and head_size % 2:
+        raise SpecError(f"the head dimension (config.head_dim, or hidden_size / num_attention_heads) is "
+                        f"{head_size}; rotary position embeddings need an even head dimension.")
     return heads, kv_heads, head_size
 
 
@@ -241,6 +246,13 @@ def check_architecture_config(family: str, config: Mapping[str, Any]) -> None:
         if key in config:
             check(f"config.{key}", config[key])
     _head_sizes(family, config)
+    from huggingface_hub.errors import StrictDataclassError  # what transformers >= 5 config classes raise
+
+    try:  # transformers' own config class checks the rest (types of its fields, rope consistency)
+        transformers_config(family, config, frozen=False, attn_implementation="eager")
+    except (TypeError, ValueError, KeyError, AttributeError, StrictDataclassError) as error:
+        raise SpecError(f"config is not a valid {family} config for transformers: {error} Fix the named value "
+                        "in the spec's config (it should hold the values of the model's config.json).") from None
 
 
 def layer_parameters(family: str, config: Mapping[str, Any], positions: str) -> int:

@@ -6,8 +6,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nnunetv2_llm4seg.booster import features_to_tokens, tokens_to_features
-from nnunetv2_llm4seg.errors import SpecError
+from nnunetv2_llm4seg.errors import SourceError, SpecError
+from nnunetv2_llm4seg.families import CONFIG_CHECKS, layer_parameters
+from nnunetv2_llm4seg.layers import build_layer_block
 from nnunetv2_llm4seg.presets import load_preset
+from nnunetv2_llm4seg.sources import open_source
 from nnunetv2_llm4seg.spec import BoosterSpec
 
 BASE = load_preset("minilm-l6").to_dict()
@@ -38,6 +41,57 @@ def test_config_values_are_validated_before_anything_is_built(config_changes):
         BoosterSpec.from_dict(data)
     except SpecError:
         pass
+
+
+CONFIG_VALUES = JSON_VALUES | st.floats() | st.sampled_from([0, -1, 1e-6, 2.0, "silu", "gelu", {"rope_type": "llama3"},
+                                                         {"rope_type": "linear", "factor": 2.0}])
+
+
+@settings(max_examples=150, deadline=None)
+@given(preset=st.sampled_from(["llama3.2-1b-l15", "deepseek-r1-qwen1.5b-l28", "minilm-l6"]),
+       changes=st.dictionaries(st.sampled_from(sorted(CONFIG_CHECKS)), CONFIG_VALUES, max_size=3))
+def test_a_config_that_validates_builds_its_layer(preset, changes):
+    """Any config value either raises SpecError at validation or gives a layer transformers can build."""
+    small = {"hidden_size": 64, "intermediate_size": 96, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "head_dim": 16, "max_position_embeddings": 64}
+    base = load_preset(preset)
+    config = {**base.config, **{k: v for k, v in small.items() if k in base.config or k == "num_key_value_heads"
+                                and base.family != "bert"}, **changes}
+    try:
+        spec = base.replace(config=config)
+    except SpecError:
+        return
+    with torch.device("meta"):
+        block = build_layer_block(spec)
+    assert sum(p.numel() for p in block.parameters()) == layer_parameters(spec.family, spec.config, spec.positions)
+
+
+@settings(max_examples=60, deadline=None)
+@given(family=st.sampled_from(["llama", "qwen2", "mistral", "bert"]), heads=st.integers(1, 4),
+       group=st.integers(1, 3), head_size=st.integers(1, 4).map(lambda n: 2 * n), inner=st.integers(1, 40),
+       attention_bias=st.booleans(), mlp_bias=st.booleans(), positions=st.sampled_from(["native", "none"]))
+def test_layer_size_from_the_config_equals_the_built_layer(family, heads, group, head_size, inner,
+                                                           attention_bias, mlp_bias, positions):
+    config = {"model_type": family, "hidden_size": heads * group * head_size, "intermediate_size": inner,
+              "num_attention_heads": heads * group, "num_hidden_layers": 2, "max_position_embeddings": 16}
+    if family != "bert":
+        config.update(num_key_value_heads=heads, head_dim=head_size, attention_bias=attention_bias,
+                      mlp_bias=mlp_bias)
+    spec = BoosterSpec(source="x/y", layer=1, family=family, config=config, positions=positions)
+    with torch.device("meta"):
+        block = build_layer_block(spec)
+    assert layer_parameters(family, config, positions) == sum(p.numel() for p in block.parameters())
+
+
+@settings(max_examples=200, deadline=None)
+@given(source=st.text(max_size=300) | st.sampled_from(["org/" + "m" * 200, "package:", "package:a..b", "~nobody/x"]))
+def test_any_source_string_is_classified_or_refused_with_source_error(source):
+    try:
+        opened = open_source(source)
+    except SourceError as error:
+        assert str(error)
+        return
+    assert opened.label
 
 
 @settings(max_examples=200, deadline=None)
