@@ -9,7 +9,7 @@ from torch import nn
 
 from nnunetv2_llm4seg.errors import CheckpointError, SpecConflictError
 from nnunetv2_llm4seg.layers import DEFAULT_ATTN_IMPLEMENTATION, build_layer_block
-from nnunetv2_llm4seg.spec import PRETRAINED_INITS, BoosterSpec
+from nnunetv2_llm4seg.spec import PRETRAINED_INITS, BoosterSpec, describe_differences
 
 
 def features_to_tokens(features: torch.Tensor) -> torch.Tensor:
@@ -128,7 +128,7 @@ class LLMBooster(nn.Module):
         differing = {k: (stored.get(k), mine.get(k)) for k in sorted(set(mine) | set(stored))
                      if mine.get(k) != stored.get(k)}
         if differing:
-            text = "; ".join(f"{k}: {a!r:.60} vs {b!r:.60}" for k, (a, b) in differing.items())
+            text = describe_differences(differing)
             raise SpecConflictError(
                 f"these weights were trained with another LLM4Seg spec than the one this network was built from "
                 f"(the llm4seg entry of the plans.json next to them). Differing fields (weights vs plans): {text}. "

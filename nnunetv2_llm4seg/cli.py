@@ -24,7 +24,7 @@ def _spec_from_args(args: argparse.Namespace):
 
     spec = load_spec(args.preset, where="--preset")
     changes = {}
-    if getattr(args, "source", None):
+    if getattr(args, "source", None) is not None:
         changes["source"] = args.source
     if getattr(args, "init", None):
         changes["init"] = args.init

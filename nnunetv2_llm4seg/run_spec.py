@@ -19,19 +19,11 @@ import torch
 
 from nnunetv2_llm4seg.errors import CheckpointError, SpecConflictError, SpecError
 from nnunetv2_llm4seg.presets import load_preset, load_spec
-from nnunetv2_llm4seg.spec import BoosterSpec
+from nnunetv2_llm4seg.spec import BoosterSpec, describe_differences
 
 PLANS_KEY = "llm4seg"
 SOURCE_VARIABLE = "nnUNet_llm4seg_source"
 RETIRED_SPEC_VARIABLE = "nnUNet_llm4seg_spec"
-
-def describe_differences(diff: Mapping[str, tuple]) -> str:
-    def short(value: Any) -> str:
-        text = repr(value)
-        return text if len(text) <= 60 else text[:57] + "..."
-
-    return "; ".join(f"{name}: {short(a)} vs {short(b)}" for name, (a, b) in diff.items())
-
 
 def refuse_retired_variable() -> None:
     if os.environ.get(RETIRED_SPEC_VARIABLE, "").strip():

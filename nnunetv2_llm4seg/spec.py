@@ -253,3 +253,15 @@ def _validate(spec: BoosterSpec) -> None:
                         f"valid indices are 0..{spec.num_layers - 1} (0-based; the paper's 'layer 15' is index 14).")
     if spec.has_llm_layer:
         check_layer_memory(spec.family, spec.config, spec.positions)
+
+
+def describe_differences(diff: Mapping[str, tuple]) -> str:
+    """'field: a vs b; ...' for a differences() result; objects (config, lora) are compared key by key."""
+    parts = []
+    for name, (first, second) in diff.items():
+        if isinstance(first, Mapping) and isinstance(second, Mapping):
+            parts += [f"{name}.{key}: {first.get(key)!r:.60} vs {second.get(key)!r:.60}"
+                      for key in sorted(set(first) | set(second)) if first.get(key) != second.get(key)]
+        else:
+            parts.append(f"{name}: {first!r:.60} vs {second!r:.60}")
+    return "; ".join(parts)

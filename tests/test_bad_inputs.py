@@ -78,13 +78,27 @@ def hub_error(error_class_name: str):
 def booster_too_many_tokens(tmp_path, model, monkeypatch):
     from nnunetv2_llm4seg.network import check_token_budget
 
-    check_token_budget(load_preset("llama3.2-1b-l15").replace(stage=-4), 128 * 128)
+    check_token_budget(load_preset("llama3.2-1b-l15").replace(stage=-4), [128, 128], [1, 1], 0)
 
 
 def beyond_learned_positions(tmp_path, model, monkeypatch):
     from nnunetv2_llm4seg.network import check_token_budget
 
-    check_token_budget(load_preset("minilm-l6").replace(stage=-2), 8 * 8 * 10)
+    check_token_budget(load_preset("minilm-l6").replace(stage=-2), [8, 8, 10], [1], 0)
+
+
+def one_token_per_patch(tmp_path, model, monkeypatch):
+    from nnunetv2_llm4seg.network import check_token_budget
+
+    check_token_budget(load_preset("minilm-l6"), [32, 32], [[1, 1], [2, 2], [2, 2], [2, 2], [2, 2], [2, 2]], 5)
+
+
+def plans_edited_after_training(tmp_path, model, monkeypatch):
+    from nnunetv2_llm4seg.booster import LLMBooster
+
+    trained = LLMBooster(8, load_preset("minilm-l6").replace(init="random"))
+    LLMBooster(8, load_preset("minilm-l6").replace(init="random", attention="causal")).load_state_dict(
+        trained.state_dict())
 
 
 def hidden_mismatch_after_resume(tmp_path, model, monkeypatch):
@@ -106,10 +120,10 @@ def hidden_mismatch_after_resume(tmp_path, model, monkeypatch):
 
 
 def resume_with_other_spec(tmp_path, model, monkeypatch):
-    from nnunetv2_llm4seg.run_spec import RequestedSpec, check_resume
+    from nnunetv2_llm4seg.run_spec import check_resume
 
     stored = load_preset("minilm-l6")
-    check_resume(RequestedSpec(stored.replace(layer=3), "nnUNet_llm4seg_spec"), stored, "results/fold_0")
+    check_resume(stored.replace(layer=3), stored, "results/fold_0/checkpoint_latest.pth")
 
 
 def folder_of_another_spec(tmp_path, model, monkeypatch):
@@ -201,10 +215,13 @@ CASES = {
     "beyond BERT's learned positions": (raises_run(beyond_learned_positions),
                                         ["640 tokens", "positions for 512 only", "'positions' to 'none'"]),
     "hidden size mismatch after resume": (raises_run(hidden_mismatch_after_resume),
-                                          ["booster.adapter_in.weight has shape (384, 32)", "plans.json"]),
-    "resume with another spec": (raises_run(resume_with_other_spec), ["layer: 3 vs 4", "unset nnUNet_llm4seg_spec"]),
+                                          ["config.hidden_size: 384 vs 192", "plans.json"]),
+    "resume with another spec": (raises_run(resume_with_other_spec), ["layer: 3 vs 4", "-tr", "-p", "move the fold away"]),
     "folder trained with another spec": (raises_run(folder_of_another_spec),
                                          ["attention: 'causal' vs 'bidirectional'", "move the old results"]),
+    "one token per patch": (raises_run(one_token_per_patch), ["1 token(s) per patch of 32x32", "at least 32x64"]),
+    "plans edited after training": (raises_run(plans_edited_after_training),
+                                    ["another LLM4Seg spec", "attention: 'bidirectional' vs 'causal'", "plans.json"]),
     "stage beyond the network": (raises_run(stage_beyond_network), ["5 encoder stages", "-1..-5"]),
     "plans without llm4seg entry": (raises_run(plans_without_entry), ["no 'llm4seg' entry", "plans.json"]),
     "converter: missing masks": (raises_run(converter("kvasir", lambda t: kvasir_layout(t, masks=1))),

@@ -82,7 +82,7 @@ def test_trainers_are_found_from_a_clean_environment(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("FOUND") == 3
     listing = run_cli("llm4seg", "trainers")
-    assert "nnUNetTrainerLLM4SegMiniLM_5epochs" in listing.stdout.split()
+    assert {"nnUNetTrainerLLM4SegPaper", "nnUNetTrainerCMUNeXtLLM4SegPaperRandomInit"} <= set(listing.stdout.split())
 
 
 def test_2d_train_predict_evaluate_and_the_model_folder_is_self_contained(project, trained_2d, tmp_path):
@@ -163,29 +163,59 @@ def test_sigkill_then_resume_finishes_without_reloading_the_layer(project, train
     assert torch.equal(resumed["network_weights"][frozen], reference["network_weights"][frozen])
 
 
-def test_resume_with_a_conflicting_spec_fails_and_changes_nothing(project, trained_2d, tmp_path):
+def test_resume_with_a_conflicting_plans_entry_fails_and_changes_nothing(project, trained_2d):
     fold = project.results_folder(DATASET_2D, TRAINER, "2d") / "fold_0"
     before = file_digests(fold.parent)
-    spec_file = tmp_path / "other.json"
-    spec_file.write_text(json.dumps({"preset": "minilm-l6", "layer": 3}))
-    result = project.run("nnUNetv2_train", "601", "2d", "0", "-tr", TRAINER, "-device", "cpu", "--c",
-                         check=False, nnUNet_llm4seg_spec=str(spec_file))
+    plans_file = project.preprocessed / DATASET_2D / "nnUNetPlans.json"
+    original = plans_file.read_text()
+    plans = json.loads(original)
+    plans["configurations"]["2d"]["llm4seg"] = {"preset": "minilm-l6", "layer": 3}
+    try:
+        plans_file.write_text(json.dumps(plans))
+        result = project.run("nnUNetv2_train", "601", "2d", "0", "-tr", TRAINER, "-device", "cpu", "--c",
+                             check=False)
+    finally:
+        plans_file.write_text(original)
     assert result.returncode != 0
-    assert "another LLM4Seg spec" in result.stderr and "layer: 3 vs 4" in result.stderr
+    assert "another LLM4Seg network" in result.stderr and "layer: 3 vs 4" in result.stderr
     assert file_digests(fold.parent) == before
 
 
-def test_fresh_training_into_a_folder_of_another_spec_is_refused(project, trained_2d, tmp_path):
+def test_a_fold_from_other_weights_is_refused_before_anything_is_written(project, trained_2d, tmp_path):
+    """Same config.json, one tensor changed: the sha256 guard runs after the layer is read, before nnU-Net writes
+    plans.json or a checkpoint."""
+    from safetensors.torch import load_file, save_file
+
     model = project.results_folder(DATASET_2D, TRAINER, "2d")
     plans_before = (model / "plans.json").read_bytes()
-    spec_file = tmp_path / "trainable.json"
-    spec_file.write_text(json.dumps({"preset": "minilm-l6", "trainable": True}))
+    other = minilm_copy(tmp_path / "other_minilm")
+    tensors = load_file(other / "model.safetensors")
+    tensors["encoder.layer.4.output.dense.bias"] = tensors["encoder.layer.4.output.dense.bias"] + 0.01
+    save_file(tensors, other / "model.safetensors", metadata={"format": "pt"})
     result = project.run("nnUNetv2_train", "601", "2d", "2", "-tr", TRAINER, "-device", "cpu", check=False,
-                         nnUNet_llm4seg_spec=str(spec_file))
+                         nnUNet_llm4seg_source=str(other))
     assert result.returncode != 0
-    assert "would mix two networks" in result.stderr and "trainable: True vs False" in result.stderr
+    assert "other pre-trained weights" in result.stderr and "weights sha256" in result.stderr
     assert (model / "plans.json").read_bytes() == plans_before
     assert not list((model / "fold_2").glob("checkpoint_*.pth"))
+
+
+@pytest.mark.parametrize("edit", [{"attention": "causal"}, {"residual": True}])
+def test_prediction_refuses_a_model_folder_whose_plans_disagree_with_its_checkpoint(project, trained_2d, tmp_path,
+                                                                                    edit):
+    model = tmp_path / "copied_model"
+    shutil.copytree(project.results_folder(DATASET_2D, TRAINER, "2d"), model,
+                    ignore=shutil.ignore_patterns("fold_1", "fold_2", "validation"))
+    plans = json.loads((model / "plans.json").read_text())
+    plans["configurations"]["2d"]["llm4seg"].update(edit)
+    (model / "plans.json").write_text(json.dumps(plans))
+    result = project.run("nnUNetv2_predict_from_modelfolder", "-i", str(project.raw / DATASET_2D / "imagesTs"),
+                         "-o", str(tmp_path / "pred"), "-m", str(model), "-f", "0", "-device", "cpu", "-npp", "1",
+                         "-nps", "1", check=False)
+    assert result.returncode != 0
+    key, value = next(iter(edit.items()))
+    assert "trained with another LLM4Seg spec" in result.stderr and f"{key}: " in result.stderr
+    assert not list((tmp_path / "pred").glob("*.png"))
 
 
 @pytest.mark.parametrize("scenario", ["regions", "ignore_label"])
@@ -234,3 +264,28 @@ def test_3d_fullres_end_to_end(tmp_path):
                 str(output / "dataset.json"), "-pfile", str(output / "plans.json"), "-np", "1")
     dice = mean_foreground_dice(output / "summary.json")
     assert dice > DICE_THRESHOLD, dice
+
+
+def test_lora_row_trains_resumes_and_predicts_from_its_model_folder(project, tmp_path):
+    trainer = "nnUNetTrainerLLM4SegMiniLMLoRA_test"
+    project.run("nnUNetv2_train", "601", "2d", "3", "-tr", trainer, "-device", "cpu", LLM4SEG_TEST_ITERATIONS="10")
+    model = project.results_folder(DATASET_2D, trainer, "2d")
+    project.run("nnUNetv2_train", "601", "2d", "3", "-tr", trainer, "-device", "cpu", "--c",
+                LLM4SEG_TEST_EPOCHS="3", LLM4SEG_TEST_ITERATIONS="10")
+    checkpoint = torch.load(model / "fold_3" / "checkpoint_final.pth", map_location="cpu", weights_only=True)
+    assert checkpoint["current_epoch"] == 3
+    lora_b = [v for k, v in checkpoint["network_weights"].items() if ".lora_B." in k]
+    assert lora_b and any(v.any() for v in lora_b)  # the adapters trained (B starts at zero)
+    output = tmp_path / "pred"
+    project.run("nnUNetv2_predict_from_modelfolder", "-i", str(project.raw / DATASET_2D / "imagesTs"), "-o",
+                str(output), "-m", str(model), "-f", "3", "-device", "cpu", "-npp", "1", "-nps", "1")
+    assert len(list(output.glob("*.png"))) == 6
+
+
+def test_gated_row_logs_its_gate_and_predicts(project, tmp_path):
+    trainer = "nnUNetTrainerLLM4SegMiniLMGated_test"
+    project.run("nnUNetv2_train", "601", "2d", "4", "-tr", trainer, "-device", "cpu", LLM4SEG_TEST_ITERATIONS="10")
+    log = next((project.results_folder(DATASET_2D, trainer, "2d") / "fold_4").glob("training_log_*.txt")).read_text()
+    assert log.count("LLM4Seg gate |g|: mean") == 2  # one line per epoch
+    output = predict(project, tmp_path / "pred", trainer=trainer, fold="4")
+    assert len(list(output.glob("*.png"))) == 6
