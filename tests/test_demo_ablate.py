@@ -40,7 +40,8 @@ def test_demo_with_a_reduced_schedule_never_touches_existing_datasets(tmp_path):
                      "--train-cases", "12", "--test-cases", "4", "--image-size", "64", "--no-progress",
                      env=user.env(), timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "nnUNetTrainerLLM4SegMiniLM" in result.stdout and "Dice (mean ± std)" in result.stdout
+    assert "nnUNetTrainerLLM4SegMiniLM" in result.stdout and "| Dice (nnU-Net) |" in result.stdout
+    assert "F1 (paper protocol)" in result.stdout and "empty/empty excluded" in result.stdout
     after = digests(user.root)
     assert {k: v for k, v in after.items() if k in before} == before  # nothing that existed was changed
     assert not any(name.startswith(("raw/Dataset999", "raw/Dataset998")) for name in set(after) - set(before))
@@ -49,11 +50,13 @@ def test_demo_with_a_reduced_schedule_never_touches_existing_datasets(tmp_path):
     assert set(summary["methods"]) == {"nnUNetTrainer", "nnUNetTrainerLLM4SegMiniLM"}
     for method in summary["methods"].values():
         assert method["cases"] == 4 and method["dice_mean"] > 0.3
+        assert abs(method["paper_iou_mean"] - method["iou_mean"]) < 1e-4  # every synthetic case has a lesion
+        assert 0 < method["paper_f1_mean"] <= 1
     assert summary["methods"]["nnUNetTrainerLLM4SegMiniLM"]["frozen_params"] == 1_971_072
     assert summary["methods"]["nnUNetTrainer"]["frozen_params"] == 0
     for figure in ("training_curves.png", "overlays.png"):
         assert_png(output / figure)
-    assert "| nnUNetTrainer |" in (output / "results.md").read_text()
+    assert "| nnUNetTrainer |" in (output / "results.md").read_text() and (output / ".llm4seg_demo").is_file()
 
 
 def test_demo_uses_its_own_folders_when_nnunet_variables_are_not_set(tmp_path, monkeypatch):
@@ -87,21 +90,23 @@ def test_cpu_caps_cut_stages_that_no_longer_fit():
 
 def test_ablate_two_rows_writes_table_and_plot_and_skips_finished_folds(tmp_path):
     project = NnUNetProject(tmp_path)
-    make_ultrasound_dataset(project.raw, 631, cases=10, size=64, seed=6)
+    make_ultrasound_dataset(project.raw, 631, cases=8, size=32, seed=6)
     args = ("llm4seg", "ablate", "631", "--rows", "stock,frozen", "--preset", "minilm-l6", "--epochs", "1",
-            "--iterations", "6", "--device", "cpu", "--no-progress")
+            "--iterations", "2", "--device", "cpu", "--no-progress")
     first = project.run(*args, timeout=1200)
     output = project.results / "Dataset631_SyntheticUltrasound" / \
-        "llm4seg_ablation__nnUNetPlans_llm4seg-minilm-l6_1x6__2d"
+        "llm4seg_ablation__nnUNetPlans_llm4seg-minilm-l6_1x2_cap128-256-4__2d"  # CPU caps by default
     table = (output / "ablation.md").read_text()
-    assert "| stock | nnUNetTrainer |" in table and "| frozen | nnUNetTrainerLLM4Seg |" in table
+    assert "| stock | nnUNetTrainer | 2 |" in table and "| frozen | nnUNetTrainerLLM4Seg | 2 |" in table
     assert "Wilcoxon" in table and "1,971,072" in table  # MiniLM's frozen layer + positions
+    assert "paper protocol" in table and "| baseline |" in table
     rows = (output / "ablation.csv").read_text().splitlines()
-    assert rows[0].startswith("row,trainer,cases,dice_mean") and len(rows) == 3
+    assert rows[0].startswith("dataset,row,trainer,cases,folds,dice_fold_mean") and len(rows) == 3
     assert len((output / "ablation_per_case.csv").read_text().splitlines()) == 1 + 2 * 2  # 2 val cases per row
-    assert (output / "ablation_dice.png").stat().st_size > 1000
+    for figure in ("ablation_dice.png", "ablation_differences.png"):
+        assert (output / figure).stat().st_size > 1000
     checkpoint = project.results / "Dataset631_SyntheticUltrasound" / \
-        "nnUNetTrainerLLM4Seg__nnUNetPlans_llm4seg-minilm-l6_1x6__2d" / "fold_0" / "checkpoint_final.pth"
+        "nnUNetTrainerLLM4Seg__nnUNetPlans_llm4seg-minilm-l6_1x2_cap128-256-4__2d" / "fold_0" / "checkpoint_final.pth"
     stamp = checkpoint.stat().st_mtime_ns
     again = project.run(*args, timeout=600)
     assert checkpoint.stat().st_mtime_ns == stamp and again.stdout.count("| frozen |") == 1
