@@ -75,7 +75,7 @@ def read_checkpoint(path: str | Path) -> dict:
                *(type(np.dtype(kind)) for kind in (np.float64, np.float32, np.int64, np.int32, np.bool_))]
     try:
         with torch.serialization.safe_globals(allowed):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(

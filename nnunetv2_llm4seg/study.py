@@ -40,12 +40,24 @@ ROWS = {
     "unfrozen": "nnUNetTrainerLLM4SegUnfrozen",
     "random": "nnUNetTrainerLLM4SegRandomInit",
     "adapters": "nnUNetTrainerLLM4SegAdaptersOnly",
+    "causal": "nnUNetTrainerLLM4SegCausal",
+    "lora": "nnUNetTrainerLLM4SegLoRA",
+    "gated": "nnUNetTrainerLLM4SegGated",
+    "paper": "nnUNetTrainerLLM4SegPaper",
+    "paper-unfrozen": "nnUNetTrainerLLM4SegPaperUnfrozen",
+    "paper-random": "nnUNetTrainerLLM4SegPaperRandomInit",
     "cmunext": "nnUNetTrainerCMUNeXt",
     "cmunext-frozen": "nnUNetTrainerCMUNeXtLLM4Seg",
     "cmunext-unfrozen": "nnUNetTrainerCMUNeXtLLM4SegUnfrozen",
     "cmunext-random": "nnUNetTrainerCMUNeXtLLM4SegRandomInit",
     "cmunext-adapters": "nnUNetTrainerCMUNeXtLLM4SegAdaptersOnly",
+    "cmunext-lora": "nnUNetTrainerCMUNeXtLLM4SegLoRA",
+    "cmunext-gated": "nnUNetTrainerCMUNeXtLLM4SegGated",
+    "cmunext-paper": "nnUNetTrainerCMUNeXtLLM4SegPaper",
 }
+# Rows run the study's preset (the plans copy's llm4seg entry) with the row's own settings on top: with
+# "preset": "minilm-l6", "frozen" is frozen MiniLM, "causal" frozen MiniLM with causal attention, "lora" MiniLM
+# with LoRA; "paper" rows keep the official computation (a preset whose family has no rotary positions is refused).
 BASELINES = ("stock", "cmunext")
 CPU_CAPS = (128, 256, 4)  # patch, features, batch: as the demo (nnU-Net plans batch 56 for small 2D images)
 MIN_CAPS = (16, 4, 1)

@@ -69,6 +69,11 @@ class Causal:
     spec_overrides: ClassVar[Mapping[str, Any]] = {"attention": "causal"}
 
 
+# The official code's computation (with any LLM a plans variant names): causal attention, its sin/cos positions
+# passed swapped, float32. A Paper row stays the paper's computation even under another plans entry.
+PAPER_COMPUTATION = {"attention": "causal", "positions": "paper", "dtype": "float32"}
+
+
 class LoRA:
     """Row mixin (beyond the paper): the pre-trained layer frozen, with PEFT LoRA adapters (rank 8, alpha 16) on
     its attention and MLP projections trained in float32."""
@@ -93,7 +98,7 @@ class LLM4SegTrainer(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         configuration_dict = PlansManager(plans).get_configuration(configuration).configuration
-        spec = requested_spec(configuration_dict, self.default_preset, self.spec_overrides)
+        spec = requested_spec(configuration_dict, self.default_preset, self.row_overrides())
         super().__init__(plans, configuration, fold, dataset_json, device)
         if self.schedule_epochs is not None:
             self.num_epochs = self.schedule_epochs
@@ -101,6 +106,15 @@ class LLM4SegTrainer(nnUNetTrainer):
         self._install(spec)
 
     # ---- the spec ----------------------------------------------------------------------------------
+    @classmethod
+    def row_overrides(cls) -> dict[str, Any]:
+        """What the row fixes, whatever the plans entry says: the spec_overrides of every class in the
+        hierarchy, the more specific winning (PaperUnfrozen = the paper's computation + trainable)."""
+        overrides: dict[str, Any] = {}
+        for klass in reversed(cls.__mro__):
+            overrides.update(vars(klass).get("spec_overrides", {}))
+        return overrides
+
     @property
     def llm4seg_spec(self) -> BoosterSpec:
         return configured_spec(self.configuration_manager.configuration)
@@ -161,18 +175,18 @@ class LLM4SegTrainer(nnUNetTrainer):
 
     # ---- checkpoints -------------------------------------------------------------------------------
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
-        """Read the checkpoint without unpickling code, check that it holds this trainer's network, adopt its spec
-        (with the provenance of its weights) before the network is built, then let nnU-Net load it."""
-        checkpoint = (read_checkpoint(filename_or_checkpoint) if isinstance(filename_or_checkpoint, (str, os.PathLike))
-                      else filename_or_checkpoint)
+        """Read the checkpoint first with weights_only=True (a file holding more than tensors and plain values,
+        or a truncated one, is refused before nnU-Net unpickles it), check that it holds this trainer's network,
+        adopt its spec (with the provenance of its weights) before the network is built, then let nnU-Net load it."""
+        is_file = isinstance(filename_or_checkpoint, (str, os.PathLike))
+        checkpoint = read_checkpoint(filename_or_checkpoint) if is_file else filename_or_checkpoint
         if not self.was_initialized:
             stored = spec_in_checkpoint(checkpoint, self.configuration_name)
             if stored is not None:
-                check_resume(self.llm4seg_spec, stored, str(filename_or_checkpoint)
-                             if isinstance(filename_or_checkpoint, (str, os.PathLike)) else "given")
+                check_resume(self.llm4seg_spec, stored, str(filename_or_checkpoint) if is_file else "given")
                 self._install(stored)
             self.weights_from_checkpoint = True
-        super().load_checkpoint(checkpoint)
+        super().load_checkpoint(str(filename_or_checkpoint) if is_file else checkpoint)
 
     def on_train_start(self) -> None:
         """Load the layer first (initialize), so that a results folder of another network or other weights is

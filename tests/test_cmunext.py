@@ -131,15 +131,17 @@ def test_cmunext_trainers_and_their_rows():
     from nnunetv2_llm4seg.trainer import LLM4SegTrainer
     from nnunetv2_llm4seg.trainers.llm4seg_cmunext_trainers import CMUNeXtTraining
 
+    paper = {"attention": "causal", "positions": "paper", "dtype": "float32"}  # what the official code computes
     rows = {"": ("llama3.2-1b-l15", {}), "Unfrozen": ("llama3.2-1b-l15", {"trainable": True}),
             "RandomInit": ("llama3.2-1b-l15", {"init": "random", "trainable": True}),
             "AdaptersOnly": ("llama3.2-1b-l15", {"init": "none"}), "MiniLM": ("minilm-l6", {}),
-            "Paper": ("llama3.2-1b-l15-paper", {}), "PaperUnfrozen": ("llama3.2-1b-l15-paper", {"trainable": True}),
-            "PaperRandomInit": ("llama3.2-1b-l15-paper", {"init": "random-linear", "trainable": True})}
+            "Paper": ("llama3.2-1b-l15-paper", paper),
+            "PaperUnfrozen": ("llama3.2-1b-l15-paper", {**paper, "trainable": True}),
+            "PaperRandomInit": ("llama3.2-1b-l15-paper", {**paper, "init": "random-linear", "trainable": True})}
     for row, (preset, overrides) in rows.items():
         trainer = getattr(trainers, f"nnUNetTrainerCMUNeXtLLM4Seg{row}")
         assert issubclass(trainer, CMUNeXtTraining) and issubclass(trainer, LLM4SegTrainer)
-        assert (trainer.default_preset, dict(trainer.spec_overrides)) == (preset, overrides), row
+        assert (trainer.default_preset, trainer.row_overrides()) == (preset, overrides), row
         load_preset(preset).replace(**overrides)  # a valid spec
     assert issubclass(trainers.nnUNetTrainerCMUNeXt, nnUNetTrainer)
     assert not issubclass(trainers.nnUNetTrainerCMUNeXt, LLM4SegTrainer)

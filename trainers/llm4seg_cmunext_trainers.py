@@ -31,7 +31,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunetv2_llm4seg.cmunext import CMUNeXt, deep_supervision_scales
-from nnunetv2_llm4seg.trainer import (AdaptersOnly, Gated, LLM4SegTrainer, LoRA, PaperRandomInit, RandomInit,
+from nnunetv2_llm4seg.trainer import (PAPER_COMPUTATION, AdaptersOnly, Gated, LLM4SegTrainer, LoRA, PaperRandomInit, RandomInit,
                                       Unfrozen, trainable_parameters)
 
 CMUNEXT_MOMENTUM = 0.9
@@ -120,6 +120,7 @@ class nnUNetTrainerCMUNeXtLLM4SegPaper(CMUNeXtTraining, LLM4SegTrainer):
     the official code's swapped sin/cos positions, float32."""
 
     default_preset = "llama3.2-1b-l15-paper"
+    spec_overrides = PAPER_COMPUTATION
 
 
 class nnUNetTrainerCMUNeXtLLM4SegPaperUnfrozen(Unfrozen, nnUNetTrainerCMUNeXtLLM4SegPaper):

@@ -4,7 +4,7 @@ Each class names the LLM (a preset) and the row; `<Trainer>_<N>epochs` short sch
 (see nnunetv2_llm4seg.trainers). Another LLM, a local copy or another stage: `llm4seg plans` writes a plans
 variant, used with `-p`.
 """
-from nnunetv2_llm4seg.trainer import (AdaptersOnly, Causal, Gated, LLM4SegTrainer, LoRA, PaperRandomInit,
+from nnunetv2_llm4seg.trainer import (PAPER_COMPUTATION, AdaptersOnly, Causal, Gated, LLM4SegTrainer, LoRA, PaperRandomInit,
                                       RandomInit, Unfrozen)
 
 
@@ -44,6 +44,7 @@ class nnUNetTrainerLLM4SegPaper(LLM4SegTrainer):
     swapped sin/cos positions, float32 (preset llama3.2-1b-l15-paper)."""
 
     default_preset = "llama3.2-1b-l15-paper"
+    spec_overrides = PAPER_COMPUTATION
 
 
 class nnUNetTrainerLLM4SegPaperUnfrozen(Unfrozen, nnUNetTrainerLLM4SegPaper):
