@@ -93,6 +93,36 @@ def one_token_per_patch(tmp_path, model, monkeypatch):
     check_token_budget(load_preset("minilm-l6"), [32, 32], [[1, 1], [2, 2], [2, 2], [2, 2], [2, 2], [2, 2]], 5)
 
 
+def read_checkpoint_case(content: Callable[[Path], bytes]):
+    def action(tmp_path, model, monkeypatch):
+        from nnunetv2_llm4seg.run_spec import read_checkpoint
+
+        path = tmp_path / "fold_0" / "checkpoint_latest.pth"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(content(tmp_path))
+        read_checkpoint(path)
+    return action
+
+
+def saved_checkpoint(tmp_path: Path) -> bytes:
+    torch.save({"network_weights": {"w": torch.zeros(3)}, "current_epoch": 2}, tmp_path / "ok.pth")
+    return (tmp_path / "ok.pth").read_bytes()
+
+
+class RunsCode:
+    """A pickle payload that would run a command when unpickled without weights_only."""
+
+    def __reduce__(self):
+        import os
+
+        return os.system, ("touch /tmp/llm4seg-pwned",)
+
+
+def crafted_checkpoint(tmp_path: Path) -> bytes:
+    torch.save({"network_weights": {}, "init_args": RunsCode()}, tmp_path / "crafted.pth")
+    return (tmp_path / "crafted.pth").read_bytes()
+
+
 def plans_edited_after_training(tmp_path, model, monkeypatch):
     from nnunetv2_llm4seg.booster import LLMBooster
 
@@ -222,6 +252,12 @@ CASES = {
     "one token per patch": (raises_run(one_token_per_patch), ["1 token(s) per patch of 32x32", "at least 32x64"]),
     "plans edited after training": (raises_run(plans_edited_after_training),
                                     ["another LLM4Seg spec", "attention: 'bidirectional' vs 'causal'", "plans.json"]),
+    "empty checkpoint on --c": (raises_run(read_checkpoint_case(lambda t: b"")),
+                                ["checkpoint_latest.pth cannot be read", "checkpoint_best.pth", "afresh"]),
+    "truncated checkpoint on --c": (raises_run(read_checkpoint_case(lambda t: saved_checkpoint(t)[:200])),
+                                    ["checkpoint_latest.pth cannot be read", "truncated", "checkpoint_best.pth"]),
+    "checkpoint that runs code": (raises_run(read_checkpoint_case(crafted_checkpoint)),
+                                  ["checkpoint_latest.pth cannot be read", "afresh"]),
     "stage beyond the network": (raises_run(stage_beyond_network), ["5 encoder stages", "-1..-5"]),
     "plans without llm4seg entry": (raises_run(plans_without_entry), ["no 'llm4seg' entry", "plans.json"]),
     "converter: missing masks": (raises_run(converter("kvasir", lambda t: kvasir_layout(t, masks=1))),

@@ -289,3 +289,10 @@ def test_gated_row_logs_its_gate_and_predicts(project, tmp_path):
     assert log.count("LLM4Seg gate |g|: mean") == 2  # one line per epoch
     output = predict(project, tmp_path / "pred", trainer=trainer, fold="4")
     assert len(list(output.glob("*.png"))) == 6
+
+
+def test_the_retired_spec_variable_stops_training_with_the_replacement(project):
+    result = project.run("nnUNetv2_train", "601", "2d", "0", "-tr", TRAINER, "-device", "cpu", check=False,
+                         nnUNet_llm4seg_spec="minilm-l6")
+    assert result.returncode != 0
+    assert "nnUNet_llm4seg_spec is no longer read" in result.stderr and "llm4seg plans" in result.stderr
