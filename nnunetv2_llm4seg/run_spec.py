@@ -118,7 +118,7 @@ def check_resume(requested: BoosterSpec, stored: BoosterSpec, where: str) -> Non
     if diff:
         raise SpecConflictError(
             f"the checkpoint {where} was trained with another LLM4Seg network than the one this trainer and plans "
-            f"define. Differing fields (requested vs checkpoint): {describe_differences(diff)}. Nothing was changed. "
+            f"define. Differing fields (requested vs checkpoint): {describe_differences(diff)}. Nothing was overwritten. "
             "Continue with the trainer (-tr) and plans (-p) the fold was trained with, or move the fold away to "
             "train the new network.")
 

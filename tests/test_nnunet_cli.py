@@ -178,7 +178,9 @@ def test_resume_with_a_conflicting_plans_entry_fails_and_changes_nothing(project
         plans_file.write_text(original)
     assert result.returncode != 0
     assert "another LLM4Seg network" in result.stderr and "layer: 3 vs 4" in result.stderr
-    assert file_digests(fold.parent) == before
+    after = file_digests(fold.parent)
+    assert {k: v for k, v in after.items() if k in before} == before  # nothing overwritten ...
+    assert all("training_log_" in k for k in set(after) - set(before))  # ... only nnU-Net's new log (the refusal)
 
 
 def test_a_fold_from_other_weights_is_refused_before_anything_is_written(project, trained_2d, tmp_path):
