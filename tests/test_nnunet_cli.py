@@ -16,7 +16,7 @@ import torch
 from helpers import run_cli
 from nnunet_fixtures import NnUNetProject, add_ignore_label, make_regions, mean_foreground_dice
 
-from nnunetv2_llm4seg.run_spec import spec_in_checkpoint
+from nnunetv2_llm4seg.run_spec import read_checkpoint, spec_in_checkpoint
 from nnunetv2_llm4seg.synthetic import make_blob_dataset, make_ultrasound_dataset
 
 pytestmark = pytest.mark.slow
@@ -274,7 +274,7 @@ def test_lora_row_trains_resumes_and_predicts_from_its_model_folder(project, tmp
     model = project.results_folder(DATASET_2D, trainer, "2d")
     project.run("nnUNetv2_train", "601", "2d", "3", "-tr", trainer, "-device", "cpu", "--c",
                 LLM4SEG_TEST_EPOCHS="3", LLM4SEG_TEST_ITERATIONS="10")
-    checkpoint = torch.load(model / "fold_3" / "checkpoint_final.pth", map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(model / "fold_3" / "checkpoint_final.pth")
     assert checkpoint["current_epoch"] == 3
     lora_b = [v for k, v in checkpoint["network_weights"].items() if ".lora_B." in k]
     assert lora_b and any(v.any() for v in lora_b)  # the adapters trained (B starts at zero)
