@@ -270,12 +270,13 @@ def test_3d_fullres_end_to_end(tmp_path):
 
 def test_lora_row_trains_resumes_and_predicts_from_its_model_folder(project, tmp_path):
     trainer = "nnUNetTrainerLLM4SegMiniLMLoRA_test"
-    project.run("nnUNetv2_train", "601", "2d", "3", "-tr", trainer, "-device", "cpu", LLM4SEG_TEST_ITERATIONS="10")
+    project.run("nnUNetv2_train", "601", "2d", "3", "-tr", trainer, "-device", "cpu", LLM4SEG_TEST_EPOCHS="1",
+                LLM4SEG_TEST_ITERATIONS="5")
     model = project.results_folder(DATASET_2D, trainer, "2d")
     project.run("nnUNetv2_train", "601", "2d", "3", "-tr", trainer, "-device", "cpu", "--c",
-                LLM4SEG_TEST_EPOCHS="3", LLM4SEG_TEST_ITERATIONS="10")
+                LLM4SEG_TEST_EPOCHS="2", LLM4SEG_TEST_ITERATIONS="5")
     checkpoint = read_checkpoint(model / "fold_3" / "checkpoint_final.pth")
-    assert checkpoint["current_epoch"] == 3
+    assert checkpoint["current_epoch"] == 2
     lora_b = [v for k, v in checkpoint["network_weights"].items() if ".lora_B." in k]
     assert lora_b and any(v.any() for v in lora_b)  # the adapters trained (B starts at zero)
     output = tmp_path / "pred"
@@ -286,7 +287,7 @@ def test_lora_row_trains_resumes_and_predicts_from_its_model_folder(project, tmp
 
 def test_gated_row_logs_its_gate_and_predicts(project, tmp_path):
     trainer = "nnUNetTrainerLLM4SegMiniLMGated_test"
-    project.run("nnUNetv2_train", "601", "2d", "4", "-tr", trainer, "-device", "cpu", LLM4SEG_TEST_ITERATIONS="10")
+    project.run("nnUNetv2_train", "601", "2d", "4", "-tr", trainer, "-device", "cpu", LLM4SEG_TEST_ITERATIONS="5")
     log = next((project.results_folder(DATASET_2D, trainer, "2d") / "fold_4").glob("training_log_*.txt")).read_text()
     assert log.count("LLM4Seg gate |g|: mean") == 2  # one line per epoch
     output = predict(project, tmp_path / "pred", trainer=trainer, fold="4")
