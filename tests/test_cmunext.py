@@ -91,6 +91,7 @@ def test_llama_booster_at_the_bottleneck_adds_only_the_adapters_as_trainable():
 @torch.no_grad()
 def test_boosted_cmunext_runs_with_and_without_deep_supervision():
     boosted = boost_unet(CMUNeXt(1, 2, (64, 64), deep_supervision=True), load_preset("minilm-l6"))
+    boosted.booster.load_pretrained(load_preset("minilm-l6"))
     x = torch.randn(2, 1, 64, 64)
     assert [tuple(o.shape[2:]) for o in boosted(x)] == [(64, 64), (32, 32), (16, 16), (8, 8)]
     boosted.decoder.deep_supervision = False
