@@ -92,7 +92,6 @@ class LLMBooster(nn.Module):
         self.gate = nn.Parameter(torch.zeros(channels)) if spec.residual == "gated" else None
         self.compute_dtype = getattr(torch, spec.dtype)
         self.llm_trainable = spec.trainable
-        self.init = spec.init
         self.awaiting_weights = spec.init in PRETRAINED_INITS
         # what this network computes travels with its weights, so a checkpoint is never loaded into another network
         self.register_buffer("network_spec", encode_network_spec(spec))
