@@ -16,6 +16,7 @@ from typing import Any, Iterator
 
 from nnunetv2_llm4seg.describe import trainable_and_frozen
 from nnunetv2_llm4seg.errors import LLM4SegError
+from nnunetv2_llm4seg.plans_variants import keep_first_stages
 
 PATH_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 
@@ -105,12 +106,7 @@ def cap_configuration(configuration: dict, max_patch: int, max_features: int, ma
     patch, stages = _divisible_patch(capped["patch_size"], max_patch, arch["strides"])
     capped["patch_size"] = patch
     capped["batch_size"] = min(capped["batch_size"], max_batch)
-    arch["n_stages"] = stages
-    arch["features_per_stage"] = [min(f, max_features) for f in arch["features_per_stage"][:stages]]
-    for key in ("kernel_sizes", "strides", "n_conv_per_stage", "n_blocks_per_stage"):
-        if key in arch:
-            arch[key] = arch[key][:stages]
-    arch["n_conv_per_stage_decoder"] = arch["n_conv_per_stage_decoder"][: stages - 1]
+    keep_first_stages(arch, [min(f, max_features) for f in arch["features_per_stage"][:stages]])
     return capped
 
 

@@ -35,6 +35,16 @@ def _check_name(name: str) -> None:
                                 "characters.")
 
 
+def keep_first_stages(arch: dict[str, Any], features: Sequence[int]) -> None:
+    """Cut a U-Net's arch_kwargs (in place) to its first len(features) stages, with these widths."""
+    arch["n_stages"] = len(features)
+    arch["features_per_stage"] = list(features)
+    for key in _PER_STAGE_KEYS:
+        if key in arch:
+            arch[key] = arch[key][: len(features)]
+    arch["n_conv_per_stage_decoder"] = arch["n_conv_per_stage_decoder"][: len(features) - 1]
+
+
 def with_unet_features(configuration: dict[str, Any], features: Sequence[int], where: str) -> dict[str, Any]:
     """A copy of a plans configuration whose U-Net has len(features) stages with these widths (the first stages
     of nnU-Net's topology are kept; the decoder follows)."""
@@ -47,12 +57,7 @@ def with_unet_features(configuration: dict[str, Any], features: Sequence[int], w
     if not 2 <= len(features) <= stages:
         raise PlansVariantError(f"--unet-features gives {len(features)} stages, but {where} plans {stages}: give 2.."
                                 f"{stages} widths (the paper's U-Net: {','.join(map(str, PAPER_UNET_FEATURES))}).")
-    arch["n_stages"] = len(features)
-    arch["features_per_stage"] = list(features)
-    for key in _PER_STAGE_KEYS:
-        if key in arch:
-            arch[key] = arch[key][: len(features)]
-    arch["n_conv_per_stage_decoder"] = arch["n_conv_per_stage_decoder"][: len(features) - 1]
+    keep_first_stages(arch, features)
     return configuration
 
 
