@@ -239,12 +239,12 @@ def run_demo(options: DemoOptions) -> str:
     from tqdm import tqdm
 
     started = time.time()
+    cpu_friendly_defaults(options.device)  # before nnU-Net's modules read them at import
     folders = NnUNetFolders.choose(options.output)
     user_raw = Path(os.environ.get("nnUNet_raw") or folders.raw)  # where nnunet:DatasetNNN is looked up
     validate(options, user_raw)
     _claim_output(options.output)
     folders.activate()
-    cpu_friendly_defaults(options.device)
     log = options.output / "nnunet.log"
     steps = tqdm(total=2 + 2 * len(options.trainers), desc="llm4seg demo", unit="step", disable=not options.progress,
                  position=1, leave=False)

@@ -421,6 +421,7 @@ def run_study(study: Study) -> list[Path]:
     """Validate everything, then train what is missing and write the tables; returns the written files."""
     from nnunetv2.paths import nnUNet_preprocessed
 
+    cpu_friendly_defaults(study.device)  # before nnU-Net's modules read them at import
     study = replace(study, baseline=study.baseline or default_baseline(study.rows))
     datasets, llm4seg_entry = validate(study)
     if study.output is None:
@@ -429,7 +430,6 @@ def run_study(study: Study) -> list[Path]:
         entry = study.datasets[0]
         study = replace(study, output=Path(str(nnUNet_results)) / datasets[0] /
                         f"llm4seg_{study.stem}__{plans_name(study, entry.plans)}__{entry.configuration}")
-    cpu_friendly_defaults(study.device)
     try:
         study.output.mkdir(parents=True, exist_ok=True)
     except OSError as error:

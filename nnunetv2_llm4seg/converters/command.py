@@ -15,7 +15,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if not raw_folder:
         raise ConversionError("no raw folder: pass --raw-folder DIR or set the environment variable nnUNet_raw")
     done = convert(args.kind, args.source, args.dataset_id, Path(raw_folder), args.name, args.force,
-                   args.include_normal)
+                   args.include_normal, args.max_side)
     folds = ", splits_final.json (5 patient-level folds)" if done.splits else ""
     print(f"wrote {done.folder}: {done.training} training and {done.test} test cases, channels "
           f"{list(done.channels)}{folds}")
@@ -27,7 +27,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def add_convert_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Add `convert NAME SOURCE_DIR --dataset-id N [--name TEXT] [--force] [--include-normal] [--raw-folder DIR]`."""
+    """Add `convert NAME SOURCE_DIR --dataset-id N [--name TEXT] [--force] [--include-normal] [--max-side PX] [--raw-folder DIR]`."""
     parser = subparsers.add_parser(
         "convert", help="convert a public dataset download into nnU-Net's raw format",
         description="Convert a public dataset download into nnU-Net v2's raw format: DatasetNNN_NAME/ in the raw "
@@ -43,5 +43,8 @@ def add_convert_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--include-normal", action="store_true",
                         help="busi: also convert the normal/ images (no lesion, empty masks), which the benchmark "
                              "setting leaves out")
+    parser.add_argument("--max-side", type=int, metavar="PX",
+                        help="2D datasets: shrink images (bilinear) and masks (nearest) so that the longer side is "
+                             "at most PX, e.g. 128 for CPU studies (default: keep the size)")
     parser.add_argument("--raw-folder", type=Path, help="nnU-Net raw folder (default: $nnUNet_raw)")
     parser.set_defaults(handler=cmd_convert)

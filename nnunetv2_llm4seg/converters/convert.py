@@ -12,6 +12,7 @@ from nnunetv2_llm4seg.converters.layout import Case, ConversionError, DatasetKin
 from nnunetv2_llm4seg.converters.output import (ImagePlan, check_target, dataset_folder_name, write_atomically)
 from nnunetv2_llm4seg.converters.pixels import image_size, inspect_image, read_label
 
+MIN_SIDE = 16
 KINDS: dict[str, DatasetKind] = {"busbra": busbra.KIND, "busi": busi.KIND, "kvasir": kvasir.KIND,
                                  "isic2018": isic2018.KIND, "tn3k": tn3k.KIND, "tnscui": tnscui.KIND,
                                  "btcv": btcv.KIND}
@@ -104,7 +105,7 @@ def _selected(kind: DatasetKind, cases: list[Case], include_normal: bool) -> tup
     return kept, note
 
 
-def _image_plan(cases: list[Case], source: Path) -> tuple[ImagePlan, list[str]]:
+def _image_plan(cases: list[Case], source: Path, max_side: int | None) -> tuple[ImagePlan, list[str]]:
     """Decode every image and mask once: colour or not, depth, empty masks; refuses what cannot be kept."""
     facts = {case: inspect_image(case.image) for case in cases}
     empty = [case.case_id for case in cases if not read_label(case.masks).any()]
@@ -123,7 +124,20 @@ def _image_plan(cases: list[Case], source: Path) -> tuple[ImagePlan, list[str]]:
         notes.append("float or 32-bit images kept as TIFF (.tif), values unchanged")
     elif deep:
         notes.append(f"{len(deep)} 16-bit image(s) kept as 16-bit PNG, values unchanged")
-    return ImagePlan(colour=bool(colour), file_ending=".tif" if wide else ".png"), notes
+    if max_side is not None:
+        notes.append(f"images shrunk so that the longer side is at most {max_side} px (bilinear; masks nearest)")
+    return ImagePlan(colour=bool(colour), file_ending=".tif" if wide else ".png", max_side=max_side), notes
+
+
+def _check_max_side(kind: DatasetKind, max_side: int | None) -> None:
+    """max_side shrinks 2D images only, to at least 16 px (nnU-Net's smallest useful patch)."""
+    if max_side is None:
+        return
+    if kind.volumes:
+        raise ConversionError(f"--max-side (max_side) applies to 2D images; {kind.title} is a 3D dataset whose "
+                              "spacing nnU-Net resamples itself: leave it out")
+    if isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < MIN_SIDE:
+        raise ConversionError(f"--max-side must be an integer of at least {MIN_SIDE} px, got {max_side!r}")
 
 
 def _category_note(cases: list[Case]) -> list[str]:
@@ -133,10 +147,11 @@ def _category_note(cases: list[Case]) -> list[str]:
 
 
 def convert(kind_name: str, source: Path, dataset_id: int, raw_folder: Path, name: str | None = None,
-            force: bool = False, include_normal: bool = False) -> Conversion:
+            force: bool = False, include_normal: bool = False, max_side: int | None = None) -> Conversion:
     """Convert the `kind_name` download in `source` to raw_folder/DatasetNNN_NAME/; every check runs before the
-    first file is written."""
+    first file is written. `max_side` shrinks 2D images (and masks) whose longer side is larger."""
     kind = dataset_kind(kind_name)
+    _check_max_side(kind, max_side)
     name = name or kind.default_name
     target = Path(raw_folder) / dataset_folder_name(dataset_id, name)
     source = Path(source)
@@ -144,7 +159,7 @@ def convert(kind_name: str, source: Path, dataset_id: int, raw_folder: Path, nam
     _check_unique(cases)
     _check_sizes(cases)
     cases, notes = _selected(kind, cases, include_normal)
-    plan, image_notes = (None, []) if kind.volumes else _image_plan(cases, source)
+    plan, image_notes = (None, []) if kind.volumes else _image_plan(cases, source, max_side)
     splits = patient_splits(cases)
     check_target(target, splits, force)
     write_atomically(kind, name, cases, plan, splits, target)
@@ -154,6 +169,6 @@ def convert(kind_name: str, source: Path, dataset_id: int, raw_folder: Path, nam
 
 
 def convert_dataset(kind_name: str, source: Path, dataset_id: int, raw_folder: Path, name: str | None = None,
-                    force: bool = False, include_normal: bool = False) -> Path:
+                    force: bool = False, include_normal: bool = False, max_side: int | None = None) -> Path:
     """`convert`, returning only the written DatasetNNN_NAME folder."""
-    return convert(kind_name, source, dataset_id, raw_folder, name, force, include_normal).folder
+    return convert(kind_name, source, dataset_id, raw_folder, name, force, include_normal, max_side).folder

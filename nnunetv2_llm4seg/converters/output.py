@@ -27,6 +27,18 @@ class ImagePlan:
 
     colour: bool
     file_ending: str  # ".png" or ".tif"
+    max_side: int | None = None  # shrink so that the longer side is at most this (None: keep the size)
+
+
+def shrunk(array: np.ndarray, max_side: int | None, label: bool) -> np.ndarray:
+    """The array resized (bilinear for images, nearest for labels) so that its longer side is at most
+    `max_side`; smaller arrays and max_side None are returned unchanged."""
+    height, width = array.shape[:2]
+    if max_side is None or max(height, width) <= max_side:
+        return array
+    scale = max_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(array).resize(size, Image.NEAREST if label else Image.BILINEAR))
 
 
 def dataset_folder_name(dataset_id: int, name: str) -> str:
@@ -106,8 +118,9 @@ def write_images(cases: list[Case], folder: Path, plan: ImagePlan) -> None:
     """Write every case's image and its 0/1 label in the plan's format."""
     for case in cases:
         image_path, label_path = _outputs(folder, case, plan.file_ending)
-        save_image(image_path, image_array(case.image, plan.colour, keep_wide=plan.file_ending == ".tif"))
-        save_image(label_path, read_label(case.masks).astype(np.uint8))
+        image = image_array(case.image, plan.colour, keep_wide=plan.file_ending == ".tif")
+        save_image(image_path, shrunk(image, plan.max_side, label=False))
+        save_image(label_path, shrunk(read_label(case.masks).astype(np.uint8), plan.max_side, label=True))
 
 
 def copy_volumes(cases: list[Case], folder: Path) -> None:
