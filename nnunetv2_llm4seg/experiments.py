@@ -245,13 +245,15 @@ def _epoch_seconds(log: dict) -> float:
     return float(sum(end - start for start, end in zip(log["epoch_start_timestamps"], log["epoch_end_timestamps"])))
 
 
-def training_curves(fold_folder: Path) -> dict[str, list[float]]:
-    """Per-epoch train loss, validation loss and EMA pseudo Dice from nnU-Net's checkpoint log."""
-    import torch
+CURVES = ("train_losses", "val_losses", "mean_fg_dice", "ema_fg_dice")
 
-    checkpoint = torch.load(fold_folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    log = checkpoint["logging"]
-    return {key: [float(v) for v in log[key]] for key in ("train_losses", "val_losses", "ema_fg_dice")}
+
+def training_curves(fold_folder: Path) -> dict[str, list[float]]:
+    """Per-epoch train loss, validation loss, pseudo Dice and its EMA from nnU-Net's checkpoint log."""
+    from nnunetv2_llm4seg.run_spec import read_checkpoint
+
+    log = read_checkpoint(fold_folder / "checkpoint_final.pth")["logging"]
+    return {key: [float(v) for v in log[key]] for key in CURVES}
 
 
 def predict_folder(model_folder: Path, fold: int, images: Path, output: Path, device: str, log_file: Path) -> None:

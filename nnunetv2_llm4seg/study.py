@@ -29,10 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from nnunetv2_llm4seg.experiments import (ExperimentError, Schedule, cpu_friendly_defaults, plan_and_preprocess,
-                                          train_fold, write_plans_variant)
+from nnunetv2_llm4seg.experiments import (CURVES, ExperimentError, Schedule, cpu_friendly_defaults,
+                                          plan_and_preprocess, train_fold, training_curves, write_plans_variant)
 from nnunetv2_llm4seg.metrics import METRICS, NNUNET_LABEL, PAPER_LABEL, case_metrics
-from nnunetv2_llm4seg.report import markdown_table, mean_std, plot_differences, plot_per_case, write_csv, write_text
+from nnunetv2_llm4seg.report import (markdown_table, mean_std, plot_differences, plot_per_case, plot_training_curves,
+                                     write_csv, write_text)
 
 ROWS = {
     "stock": "nnUNetTrainer",
@@ -100,6 +101,7 @@ class RowResult:
     trainer: str
     cases: dict[str, dict[str, float]] = field(default_factory=dict)
     fold_dice: list[float] = field(default_factory=list)
+    curves: dict[int, dict[str, list[float]]] = field(default_factory=dict)  # fold -> per-epoch values
     trainable_params: int = 0
     frozen_params: int = 0
     seconds: float = 0.0
@@ -295,6 +297,7 @@ def run_row(study: Study, dataset: str, entry: DatasetEntry, plans: str, row: st
         cases = {case: {**metrics, "fold": fold} for case, metrics in case_metrics(summary, dataset_json).items()}
         result.cases.update(cases)
         result.fold_dice.append(mean_std([c["Dice"] for c in cases.values()])[0])
+        result.curves[fold] = training_curves(run.fold_folder)
         result.trainable_params, result.frozen_params = run.trainable_params, run.frozen_params
         schedule_file = run.fold_folder / "llm4seg_schedule.json"
         if schedule_file.is_file():
@@ -390,8 +393,22 @@ def summarise(results: list[RowResult], baseline: str | None, seed: int
     return markdown, csv_rows, differences
 
 
+def mean_curves(result: RowResult) -> dict[str, list[float]]:
+    """Each per-epoch curve averaged over the row's folds (epochs all folds reached)."""
+    folds = list(result.curves.values())
+    return {key: [float(np.mean(values)) for values in zip(*(fold[key] for fold in folds))] for key in CURVES}
+
+
+def curve_rows(results: list[RowResult]) -> list[list[object]]:
+    """One CSV row per dataset, row, fold and epoch."""
+    return [[r.dataset, r.row, fold, epoch + 1, *(curves[key][epoch] for key in CURVES)]
+            for r in results for fold, curves in sorted(r.curves.items())
+            for epoch in range(len(curves["ema_fg_dice"]))]
+
+
 def write_outputs(study: Study, results: list[RowResult], title: str) -> list[Path]:
-    """STEM.md, STEM.csv, STEM_per_case.csv, STEM_dice.png, STEM_differences.png in the output folder."""
+    """STEM.md, STEM.csv, STEM_per_case.csv, STEM_dice.png, STEM_differences.png, STEM_curves.csv and
+    STEM_curves.png (per-epoch losses and pseudo Dice, mean over folds) in the output folder."""
     output, stem = study.output, study.stem
     markdown, csv_rows, differences = summarise(results, study.baseline, study.seed)
     legend = (f"Dice (folds): mean ± std over folds of each fold's mean case Dice; other metrics: mean ± std over "
@@ -400,7 +417,7 @@ def write_outputs(study: Study, results: list[RowResult], title: str) -> list[Pa
               f"seed {study.seed}); p: paired two-sided Wilcoxon signed-rank test on per-case Dice; verdict "
               "'no significant difference' when the CI contains 0 or p >= 0.05.")
     paths = [output / f"{stem}{suffix}" for suffix in (".md", ".csv", "_per_case.csv", "_dice.png",
-                                                        "_differences.png")]
+                                                        "_differences.png", "_curves.csv", "_curves.png")]
     try:
         write_text(paths[0], f"{title}\n\n{legend}\n\n{markdown_table(HEADER, markdown)}\n")
         write_csv(paths[1], CSV_HEADER, csv_rows)
@@ -410,6 +427,9 @@ def write_outputs(study: Study, results: list[RowResult], title: str) -> list[Pa
         plot_per_case({f"{r.dataset[11:] or r.dataset}: {r.row}": [c["Dice"] for c in r.cases.values()]
                        for r in results}, "Dice", paths[3])
         plot_differences(differences, f"Dice - Dice of {study.baseline}", paths[4])
+        write_csv(paths[5], ["dataset", "row", "fold", "epoch", "train_loss", "val_loss", "pseudo_dice",
+                             "ema_pseudo_dice"], curve_rows(results))
+        plot_training_curves({f"{r.dataset[11:] or r.dataset}: {r.row}": mean_curves(r) for r in results}, paths[6])
     except OSError as error:
         raise ExperimentError(f"cannot write the tables into {output} ({error.strerror}): free some space or "
                               "choose another output folder; tables written there before are unchanged and "

@@ -221,6 +221,19 @@ def _busi(source: Path) -> Path:
     return source
 
 
+def test_max_side_shrinks_images_bilinear_and_masks_nearest(tmp_path):
+    source = _kvasir(tmp_path / "kvasir")  # 24 x 32 RGB images with a box mask
+    folder = convert_dataset("kvasir", source, 7, tmp_path / "raw", max_side=16)
+    image, label = _read(folder / "imagesTr" / "a_0000.png"), _read(folder / "labelsTr" / "a.png")
+    assert image.shape == (12, 16, 3) and label.shape == (12, 16)
+    assert set(np.unique(label)) == {0, 1}  # nearest: still a 0/1 label
+    expected = np.asarray(Image.fromarray(_box()).resize((16, 12), Image.NEAREST)) > 127
+    np.testing.assert_array_equal(label.astype(bool), expected)
+    _verify(folder)
+    kept = convert_dataset("kvasir", source, 8, tmp_path / "raw", max_side=64)  # already smaller: unchanged
+    assert _read(kept / "imagesTr" / "a_0000.png").shape == (24, 32, 3)
+
+
 def test_busi_leaves_out_normal_merges_masks_and_is_grayscale(tmp_path):
     source = _busi(tmp_path / "Dataset_BUSI_with_GT")
     done = converters.convert("busi", source, 7, tmp_path / "raw")

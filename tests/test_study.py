@@ -71,7 +71,13 @@ def test_study_end_to_end_on_two_tiny_datasets_is_resumable(tmp_path, monkeypatc
     assert len(per_case) == 2 * 2 + 2 * 1 and {r["fold"] for r in per_case} == {"0", "1"}
     for row in per_case:
         assert 0 <= float(row["paper IoU"]) <= 1 and 0 <= float(row["paper F1"]) <= 1
-    for figure in ("study_dice.png", "study_differences.png"):
+    curves = read_csv(output / "study_curves.csv")
+    assert len(curves) == 2 * 1 + 2 * 1  # rows x folds x 1 epoch
+    assert {(r["row"], r["fold"], r["epoch"]) for r in curves if r["dataset"] == "Dataset652_Tiny2"} == \
+        {("stock", "1", "1"), ("adapters", "1", "1")}
+    assert all(0 <= float(r["ema_pseudo_dice"]) <= 1 and float(r["train_loss"]) == float(r["train_loss"])
+               for r in curves)
+    for figure in ("study_dice.png", "study_differences.png", "study_curves.png"):
         assert (output / figure).stat().st_size > 1000
     plans = json.loads((tmp_path / "preprocessed" / "Dataset651_Tiny1" /
                         "nnUNetPlans_llm4seg-minilm-l6_1x2_cap32-32-2.json").read_text())
