@@ -53,7 +53,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
-    from nnunetv2_llm4seg.describe import describe_booster
+    from nnunetv2_llm4seg.parameters import describe_booster
 
     report = describe_booster(_spec_from_args(args), args.channels, args.spatial)
     if args.json:

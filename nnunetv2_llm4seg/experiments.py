@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from nnunetv2_llm4seg.describe import trainable_and_frozen
 from nnunetv2_llm4seg.errors import LLM4SegError
-from nnunetv2_llm4seg.plans_variants import keep_first_stages
+from nnunetv2_llm4seg.parameters import trainable_and_frozen
+from nnunetv2_llm4seg.plans_variants import plans_variant
 
 PATH_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 
@@ -87,39 +87,12 @@ def plan_and_preprocess(dataset_id: int, configuration: str, log_file: Path) -> 
         preprocess([dataset_id], configurations=(configuration,), num_processes=(1,))
 
 
-def _divisible_patch(patch: list[int], cap: int, strides: list[list[int]]) -> tuple[list[int], int]:
-    """The patch capped at `cap` per axis and the number of stages that still fit (bottleneck >= 4 voxels)."""
-    capped = [min(size, cap) for size in patch]
-    stages, total = 0, [1] * len(capped)
-    for stride in strides:
-        nxt = [t * s for t, s in zip(total, stride)]
-        if any(size // n < 4 for size, n in zip(capped, nxt)):
-            break
-        stages, total = stages + 1, nxt
-    return [max(t, size // t * t) for size, t in zip(capped, total)], stages
-
-
-def cap_configuration(configuration: dict, max_patch: int, max_features: int, max_batch: int) -> dict:
-    """A copy of a plans configuration with patch, feature and batch caps; stages that no longer fit are cut."""
-    capped = json.loads(json.dumps(configuration))
-    arch = capped["architecture"]["arch_kwargs"]
-    patch, stages = _divisible_patch(capped["patch_size"], max_patch, arch["strides"])
-    capped["patch_size"] = patch
-    capped["batch_size"] = min(capped["batch_size"], max_batch)
-    keep_first_stages(arch, [min(f, max_features) for f in arch["features_per_stage"][:stages]])
-    return capped
-
-
 def write_plans_variant(dataset_folder: Path, base: str, name: str, configuration: str,
                         caps: tuple[int, int, int] | None = None, llm4seg_entry: Any = None) -> str:
-    """Copy plans `base` to plans `name` (own results folders) with caps and/or an llm4seg plans entry."""
+    """Write plans `name` (own results folders): plans `base` with caps and/or an llm4seg plans entry."""
     plans = json.loads((dataset_folder / f"{base}.json").read_text())
-    plans["plans_name"] = name
-    if caps is not None:
-        plans["configurations"][configuration] = cap_configuration(plans["configurations"][configuration], *caps)
-    if llm4seg_entry is not None:
-        plans["configurations"][configuration]["llm4seg"] = llm4seg_entry
-    (dataset_folder / f"{name}.json").write_text(json.dumps(plans, indent=2))
+    variant = plans_variant(plans, name, llm4seg_entry, [configuration], caps=caps)
+    (dataset_folder / f"{name}.json").write_text(json.dumps(variant, indent=2))
     return name
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import nn
@@ -56,6 +56,24 @@ def check_token_budget(spec: BoosterSpec, patch_size: Sequence[int], strides: Se
                         "booster deeper ('stage': -1 is the bottleneck) or use a smaller patch size.")
 
 
+@runtime_checkable
+class BoostableEncoder(Protocol):
+    """What the booster needs from an encoder (nnU-Net's PlainConvEncoder and ResidualEncoder, CMUNeXtEncoder):
+    the stages in order (stage 0 at full resolution) and their output widths; an optional `stem` runs first."""
+
+    stages: Sequence[nn.Module]
+    output_channels: Sequence[int]
+
+
+@runtime_checkable
+class BoostableUNet(Protocol):
+    """A U-Net the booster can be put into: an `encoder` as above and a `decoder` that takes the list of stage
+    outputs (nnU-Net's U-Nets and nnunetv2_llm4seg.cmunext.CMUNeXt)."""
+
+    encoder: BoostableEncoder
+    decoder: nn.Module
+
+
 class BoostedUNet(nn.Module):
     """Keeps nnU-Net's `encoder` and `decoder` (so deep supervision, DDP, compile and inference work unchanged)
     and runs the booster on the output of encoder stage `booster_stage`, which then feeds both that stage's skip
@@ -88,11 +106,16 @@ def booster_stage_index(spec: BoosterSpec, n_stages: int) -> int:
     return n_stages + spec.stage
 
 
-def boost_unet(unet: nn.Module, spec: BoosterSpec) -> BoostedUNet:
-    """Wrap an nnU-Net U-Net (PlainConvUNet, ResidualEncoderUNet, ...) built and initialised by nnU-Net.
+def boost_unet(unet: BoostableUNet, spec: BoosterSpec) -> BoostedUNet:
+    """Wrap a U-Net (nnU-Net's PlainConvUNet, ResidualEncoderUNet, ..., or CMUNeXt) built and initialised by
+    nnU-Net's trainer.
 
     The booster is created after nnU-Net's weight init ran, so that init never touches the LLM layer.
     """
+    if not isinstance(unet, BoostableUNet) or not isinstance(unet.encoder, BoostableEncoder):
+        raise SpecError(f"{type(unet).__name__} has no encoder.stages/encoder.output_channels and decoder, so the "
+                        "booster cannot be placed in it: use one of nnU-Net's U-Nets (PlainConvUNet, "
+                        "ResidualEncoderUNet) or CMUNeXt, or give your network that interface.")
     stage = booster_stage_index(spec, len(unet.encoder.stages))
     channels = unet.encoder.output_channels[stage]
     return BoostedUNet(unet.encoder, unet.decoder, LLMBooster(channels, spec), stage)

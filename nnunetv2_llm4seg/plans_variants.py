@@ -45,6 +45,29 @@ def keep_first_stages(arch: dict[str, Any], features: Sequence[int]) -> None:
     arch["n_conv_per_stage_decoder"] = arch["n_conv_per_stage_decoder"][: len(features) - 1]
 
 
+def _divisible_patch(patch: list[int], cap: int, strides: list[list[int]]) -> tuple[list[int], int]:
+    """The patch capped at `cap` per axis and the number of stages that still fit (bottleneck >= 4 voxels)."""
+    capped = [min(size, cap) for size in patch]
+    stages, total = 0, [1] * len(capped)
+    for stride in strides:
+        nxt = [t * s for t, s in zip(total, stride)]
+        if any(size // n < 4 for size, n in zip(capped, nxt)):
+            break
+        stages, total = stages + 1, nxt
+    return [max(t, size // t * t) for size, t in zip(capped, total)], stages
+
+
+def cap_configuration(configuration: dict, max_patch: int, max_features: int, max_batch: int) -> dict:
+    """A copy of a plans configuration with patch, feature and batch caps; stages that no longer fit are cut."""
+    capped = json.loads(json.dumps(configuration))
+    arch = capped["architecture"]["arch_kwargs"]
+    patch, stages = _divisible_patch(capped["patch_size"], max_patch, arch["strides"])
+    capped["patch_size"] = patch
+    capped["batch_size"] = min(capped["batch_size"], max_batch)
+    keep_first_stages(arch, [min(f, max_features) for f in arch["features_per_stage"][:stages]])
+    return capped
+
+
 def with_unet_features(configuration: dict[str, Any], features: Sequence[int], where: str) -> dict[str, Any]:
     """A copy of a plans configuration whose U-Net has len(features) stages with these widths (the first stages
     of nnU-Net's topology are kept; the decoder follows)."""
@@ -62,8 +85,10 @@ def with_unet_features(configuration: dict[str, Any], features: Sequence[int], w
 
 
 def plans_variant(plans: dict[str, Any], name: str, entry: Any, configurations: Sequence[str],
-                  unet_features: Sequence[int] | None = None) -> dict[str, Any]:
-    """The plans dict of the variant: `name` as plans_name, the llm4seg entry (and widths) in `configurations`."""
+                  unet_features: Sequence[int] | None = None,
+                  caps: tuple[int, int, int] | None = None) -> dict[str, Any]:
+    """The plans dict of the variant: `name` as plans_name and, in `configurations`, the llm4seg entry (none:
+    stock nnU-Net), the U-Net widths and/or the (patch, features, batch) caps of CPU studies."""
     variant = json.loads(json.dumps(plans))
     variant["plans_name"] = name
     available = variant.get("configurations", {})
@@ -75,7 +100,10 @@ def plans_variant(plans: dict[str, Any], name: str, entry: Any, configurations: 
         if unet_features is not None and "architecture" in available[configuration]:
             available[configuration] = with_unet_features(available[configuration], unet_features,
                                                           f"configuration {configuration!r}")
-        available[configuration][PLANS_KEY] = entry
+        if caps is not None:
+            available[configuration] = cap_configuration(available[configuration], *caps)
+        if entry is not None:
+            available[configuration][PLANS_KEY] = entry
     return variant
 
 

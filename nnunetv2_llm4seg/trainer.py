@@ -17,7 +17,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 
 from nnunetv2_llm4seg.booster import LLMBooster
-from nnunetv2_llm4seg.describe import count_parameters, trainable_and_frozen
+from nnunetv2_llm4seg.parameters import count_parameters, trainable_and_frozen
 from nnunetv2_llm4seg.network import (BoostedUNet, boost_unet, booster_stage_index, check_token_budget,
                                       tokens_at_stage)
 from nnunetv2_llm4seg.run_spec import (check_resume, check_same_model, configured_spec, install_spec,

@@ -10,7 +10,8 @@ import pytest
 from helpers import SHARED_DATA, run_cli
 from nnunet_fixtures import NnUNetProject
 
-from nnunetv2_llm4seg.experiments import NnUNetFolders, cap_configuration
+from nnunetv2_llm4seg.experiments import NnUNetFolders
+from nnunetv2_llm4seg.plans_variants import cap_configuration
 from nnunetv2_llm4seg.synthetic import make_ultrasound_dataset
 
 pytestmark = pytest.mark.slow

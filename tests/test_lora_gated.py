@@ -11,7 +11,7 @@ from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
 from nnunetv2_llm4seg.booster import LLMBooster
 from nnunetv2_llm4seg.cmunext import CMUNeXt
-from nnunetv2_llm4seg.describe import describe_booster
+from nnunetv2_llm4seg.parameters import describe_booster
 from nnunetv2_llm4seg.network import boost_unet
 from nnunetv2_llm4seg.presets import load_preset
 

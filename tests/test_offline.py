@@ -27,7 +27,7 @@ def test_importing_every_module_does_no_network_io(tmp_path):
                "nnunetv2_llm4seg.presets", "nnunetv2_llm4seg.booster", "nnunetv2_llm4seg.converters",
                "nnunetv2_llm4seg.demo", "nnunetv2_llm4seg.ablate"]
     code = "import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules) + \
-        "from nnunetv2_llm4seg.presets import load_preset\nfrom nnunetv2_llm4seg.describe import describe_booster\n" \
+        "from nnunetv2_llm4seg.presets import load_preset\nfrom nnunetv2_llm4seg.parameters import describe_booster\n" \
         "print(describe_booster(load_preset('llama3.2-1b-l15'), 1024)['adapter_params'])"
     result = subprocess.run([sys.executable, "-c", code], env=offline_env(log), capture_output=True, text=True,
                             timeout=300)

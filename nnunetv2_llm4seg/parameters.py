@@ -1,4 +1,5 @@
-"""Parameter counts of a booster, computed on the meta device: no weights are downloaded or allocated."""
+"""Parameter counts (trainable, frozen, per booster part); booster counts are computed on the meta device, so no
+weights are downloaded or allocated."""
 from __future__ import annotations
 
 import math
