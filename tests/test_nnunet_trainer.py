@@ -162,21 +162,33 @@ def test_cascade_configuration_takes_the_previous_stage_as_extra_input(nnunet_en
     assert network(torch.randn(1, 2, *configuration.patch_size))[0].shape == (1, 2, *configuration.patch_size)
 
 
-def test_torch_compile_traces_the_wrapper_without_graph_breaks(nnunet_env):
+# The frozen row, and the LoRA adapters with the gated residual (both beyond the paper) in one network.
+ROW_SPECS = {"frozen": {}, "lora+gated": {"lora": {"rank": 4, "alpha": 8, "dropout": 0.0}, "residual": "gated"}}
+
+
+@pytest.mark.parametrize("row", list(ROW_SPECS))
+def test_torch_compile_traces_the_wrapper_without_graph_breaks(nnunet_env, row):
     plans_file = nnunet_env.preprocessed / "Dataset611_SyntheticUltrasound" / "nnUNetPlans.json"
-    network, configuration = boosted_network(plans_file, "2d", load_preset("minilm-l6"))
+    network, configuration = boosted_network(plans_file, "2d", load_preset("minilm-l6").replace(**ROW_SPECS[row]))
+    if row != "frozen":  # a gate away from 0 and non-zero LoRA B, so that both paths reach the output
+        torch.nn.init.constant_(network.booster.gate, 0.5)
+        for name, parameter in network.booster.named_parameters():
+            if ".lora_B." in name:
+                torch.nn.init.normal_(parameter, std=0.02)
     network.decoder.deep_supervision = False
     x = torch.randn(2, 1, *configuration.patch_size)
     compiled = torch.compile(network, backend="aot_eager", fullgraph=True)
     assert torch.allclose(compiled(x), network(x), atol=1e-5)
 
 
-def _ddp_worker(rank: int, world_size: int, plans_file: str, port: str, results: dict) -> None:
+def _ddp_worker(rank: int, world_size: int, plans_file: str, port: str, row: str, results: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
     torch.manual_seed(0)
-    network, configuration = boosted_network(Path(plans_file), "2d", load_preset("minilm-l6"))
-    frozen_before = {n: p.detach().clone() for n, p in network.booster.llm.named_parameters()}
+    network, configuration = boosted_network(Path(plans_file), "2d",
+                                             load_preset("minilm-l6").replace(**ROW_SPECS[row]))
+    frozen = {n: p for n, p in network.booster.llm.named_parameters() if ".lora_" not in n}
+    frozen_before = {n: p.detach().clone() for n, p in frozen.items()}
     ddp = torch.nn.parallel.DistributedDataParallel(network)  # find_unused_parameters=False, like nnU-Net
     optimizer = torch.optim.SGD([p for p in ddp.parameters() if p.requires_grad], lr=0.1)
     torch.manual_seed(100 + rank)  # every rank gets different data
@@ -188,15 +200,19 @@ def _ddp_worker(rank: int, world_size: int, plans_file: str, port: str, results:
     grads = torch.cat([network.booster.adapter_in.weight.grad.flatten(), network.encoder.stages[0][0].convs[0].conv.weight.grad.flatten()])
     gathered = [torch.zeros_like(grads) for _ in range(world_size)]
     torch.distributed.all_gather(gathered, grads)
+    lora = [p for n, p in network.booster.named_parameters() if ".lora_" in n]
     results[rank] = {
         "grads_synchronised": all(torch.equal(gathered[0], g) for g in gathered),
-        "frozen_unchanged": all(torch.equal(frozen_before[n], p) for n, p in network.booster.llm.named_parameters()),
-        "frozen_have_no_grad": all(p.grad is None for p in network.booster.llm.parameters()),
+        "frozen_unchanged": all(torch.equal(frozen_before[n], p) for n, p in frozen.items()),
+        "frozen_have_no_grad": all(p.grad is None for p in frozen.values()),
+        "lora_and_gate_trained": row == "frozen" or (all(p.grad is not None for p in lora) and bool(lora)
+                                                     and network.booster.gate.grad is not None),
     }
     torch.distributed.destroy_process_group()
 
 
-def test_ddp_two_processes_gloo_synchronises_gradients_and_keeps_the_layer_frozen(nnunet_env):
+@pytest.mark.parametrize("row", list(ROW_SPECS))
+def test_ddp_two_processes_gloo_synchronises_gradients_and_keeps_the_layer_frozen(nnunet_env, row):
     import socket
 
     import torch.multiprocessing as mp
@@ -207,7 +223,7 @@ def test_ddp_two_processes_gloo_synchronises_gradients_and_keeps_the_layer_froze
     plans_file = nnunet_env.preprocessed / "Dataset611_SyntheticUltrasound" / "nnUNetPlans.json"
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_ddp_worker, args=(2, str(plans_file), port, results), nprocs=2, join=True)
+        mp.spawn(_ddp_worker, args=(2, str(plans_file), port, row, results), nprocs=2, join=True)
         results = dict(results)
     assert set(results) == {0, 1}
     assert all(all(flags.values()) for flags in results.values()), results
