@@ -59,7 +59,7 @@ from nnunetv2_llm4seg.loading import load_into_block
 from nnunetv2_llm4seg.spec import BoosterSpec
 from nnunetv2_llm4seg.families import get_family
 config = json.load(open("{folder}/config.json"))
-spec = BoosterSpec(source="{folder}", layer={layer}, family=config["model_type"], config=config)
+spec = BoosterSpec.from_dict({{"source": "{folder}", "layer": {layer}, "family": config["model_type"], "config": config}})
 family = get_family(spec.family)
 family.load_class(family.layer_class)  # imports are not what we measure
 base = rss_kib(); reset_peak(); start = time.perf_counter()

@@ -46,7 +46,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
         return 0
     for spec in specs:
         layer = f"layer index {spec.layer}" + (f" (paper: {spec.paper_layer})" if spec.paper_layer else "")
-        print(f"{spec.name}\n  {spec.source}, {spec.family}, hidden {spec.hidden_size}, {layer}\n"
+        print(f"{spec.name}\n  {spec.weights.source}, {spec.family}, hidden {spec.hidden_size}, {layer}\n"
               f"  {spec.init}, {'trainable' if spec.trainable else 'frozen'}, attention {spec.attention}, "
               f"positions {spec.positions}, dtype {spec.dtype}\n  {spec.description}\n")
     return 0

@@ -280,9 +280,9 @@ def _check_finite(label: str, name: str, tensor: torch.Tensor) -> None:
 def plan_layer_read(spec: BoosterSpec, block: torch.nn.Module) -> LayerReadPlan:
     """Check the source against the spec (config, tensor names, dtypes, shapes) and work out which tensors
     to read; no tensor data is read yet."""
-    source = open_source(spec.source, spec.revision)
+    source = open_source(spec.weights.source, spec.weights.revision)
     check_config_agrees(spec, read_source_config(source), source.label)
-    weight_map, fmt = _weight_map(source, spec.allow_pickle)
+    weight_map, fmt = _weight_map(source, spec.weights.allow_pickle)
     names = list(weight_map)
     prefix = _layer_prefix(spec, names, source.label)
     wanted = expected_tensors(spec, block, prefix, names)

@@ -32,7 +32,7 @@ def describe_booster(spec: BoosterSpec, channels: int, spatial: tuple[int, ...] 
     lora = sum(p.numel() for name, p in booster.named_parameters() if ".lora_" in name)
     return {
         "preset": spec.name,
-        "source": spec.source,
+        "source": spec.weights.source,
         "family": spec.family,
         "layer": spec.layer,
         "paper_layer": spec.paper_layer,

@@ -127,8 +127,8 @@ def check_same_model(new: BoosterSpec, stored: BoosterSpec, where: str) -> None:
     """A fresh fold must not write into a results folder whose other folds hold another network or other
     pre-trained weights."""
     diff = new.network_differences(stored)
-    new_hash = (new.provenance or {}).get("sha256")
-    stored_hash = (stored.provenance or {}).get("sha256")
+    new_hash = (new.weights.provenance or {}).get("sha256")
+    stored_hash = (stored.weights.provenance or {}).get("sha256")
     if new_hash and stored_hash and new_hash != stored_hash:
         diff["weights sha256"] = (new_hash, stored_hash)
     if diff:

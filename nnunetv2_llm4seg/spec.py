@@ -24,18 +24,47 @@ ROTARY_FAMILIES = tuple(name for name, family in FAMILIES.items() if family.rota
 # A model config is a few levels deep; deeper values are refused before anything recurses into them.
 MAX_JSON_DEPTH = 32
 
-# Fields that say where the spec came from or what was loaded, not what network it builds.
-DESCRIPTIVE_FIELDS = ("name", "description", "paper_layer", "provenance")
-# Fields that say where the weights are read from: another copy of the same model builds the same network.
-LOCATION_FIELDS = ("source", "revision", "allow_pickle")
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where the layer's weights are read from: not part of what the network is (another copy of the same model
+    builds the same network; provenance's sha256 tells copies apart).
+
+    source:      a Hugging Face hub id ("meta-llama/Llama-3.2-1B"), a local model folder, or
+                 "package:<python package>" for a model folder shipped inside an installed package.
+    revision:    hub revision (branch, tag or commit) for hub sources.
+    allow_pickle: allow PyTorch pickle (.bin) weights; off by default since pickle can run code.
+    provenance:  filled in when weights are loaded: files, revision and sha256 of the loaded tensors.
+    """
+
+    source: str
+    revision: str | None = None
+    allow_pickle: bool = False
+    provenance: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        _typed("source", self.source, str, "a hub id, a local folder or 'package:<name>'")
+        if not self.source.strip():
+            raise SpecError("'source' is empty; give a hub id, a local folder or 'package:<name>'.")
+        if self.revision is not None:
+            _typed("revision", self.revision, str, "a string or null")
+        _typed("allow_pickle", self.allow_pickle, bool, "true or false")
+        if self.provenance is not None:
+            _typed("provenance", self.provenance, Mapping, "an object or null")
+            check_json_value("provenance", self.provenance)
+
+
+WEIGHTS_KEYS = tuple(f.name for f in dataclasses.fields(WeightsSource))
 
 
 @dataclass(frozen=True)
 class BoosterSpec:
     """One frozen (or trainable) LLM layer between two adapters, placed at an nnU-Net encoder stage.
 
-    source:      a Hugging Face hub id ("meta-llama/Llama-3.2-1B"), a local model folder, or
-                 "package:<python package>" for a model folder shipped inside an installed package.
+    Its compared fields are what the network is: two specs are equal exactly when they build the same network.
+    Where the weights come from (`weights`) and the labels (name, description, paper_layer) are not compared.
+    In JSON (presets, plans entries, checkpoints) all keys are flat: "source", "revision", "allow_pickle" and
+    "provenance" fill `weights`.
+
     layer:       0-based index of the layer in the model (the paper's "layer 15" of LLaMA is index 14).
     family:      model family of the layer: llama, qwen2, mistral (rotary decoder layers) or bert.
     config:      the model's architecture config (the values of its config.json).
@@ -53,15 +82,13 @@ class BoosterSpec:
     lora:        null, or low-rank adapters (PEFT LoRA) on the frozen layer: {"rank", "alpha", "dropout",
                  "target_modules" (null: the family's attention and MLP projections)}; trained in float32.
     dtype:       dtype the LLM layer computes in ("float32" or "bfloat16"; never float16).
-    revision:    hub revision (branch, tag or commit) for hub sources.
-    allow_pickle: allow PyTorch pickle (.bin) weights; off by default since pickle can run code.
-    provenance:  filled in when weights are loaded: files, revision and sha256 of the loaded tensors.
+    weights:     where the weights are read from (WeightsSource).
     """
 
-    source: str
     layer: int
     family: str
     config: Mapping[str, Any]
+    weights: WeightsSource = field(compare=False)
     init: str = "pretrained"
     trainable: bool = False
     attention: str = "bidirectional"
@@ -69,13 +96,10 @@ class BoosterSpec:
     stage: int = -1
     residual: bool | str = False
     dtype: str = "float32"
-    revision: str | None = None
-    allow_pickle: bool = False
     lora: Mapping[str, Any] | None = None
-    name: str | None = None
-    description: str | None = None
-    paper_layer: str | None = None
-    provenance: Mapping[str, Any] | None = field(default=None, compare=False)
+    name: str | None = field(default=None, compare=False)
+    description: str | None = field(default=None, compare=False)
+    paper_layer: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -83,10 +107,10 @@ class BoosterSpec:
     # ---- construction and serialisation -------------------------------------------------------
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "spec") -> "BoosterSpec":
-        """Build a spec from a JSON-like mapping; unknown keys and bad values raise SpecError."""
+        """Build a spec from a flat JSON-like mapping; unknown keys and bad values raise SpecError."""
         if not isinstance(data, Mapping):
             raise SpecError(f"{where}: expected a JSON object, got {type(data).__name__}.")
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)} - {"weights"} | set(WEIGHTS_KEYS)
         unknown = sorted(map(repr, set(data) - known))
         if unknown:
             raise SpecError(f"{where}: unknown key(s) {', '.join(unknown)}. "
@@ -97,21 +121,27 @@ class BoosterSpec:
         missing = [k for k in ("source", "layer", "family", "config") if values.get(k) is None]
         if missing:
             raise SpecError(f"{where}: missing required key(s) {', '.join(map(repr, missing))}.")
+        location = {key: values.pop(key) for key in WEIGHTS_KEYS if key in values}
         try:
-            return cls(**values)
+            return cls(weights=WeightsSource(**location), **values)
         except SpecError as error:
             raise SpecError(f"{where}: {error}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict that from_dict turns back into an equal spec."""
-        data = dataclasses.asdict(self)
+        """A flat JSON-serialisable dict that from_dict turns back into an equal spec (same weights too)."""
+        data = {key: getattr(self.weights, key) for key in WEIGHTS_KEYS}
+        data.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "weights"})
         data["config"] = dict(self.config)
-        return data
+        return json.loads(json.dumps(data))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
     def replace(self, **changes: Any) -> "BoosterSpec":
+        """A copy with changed fields; "source", "revision", "allow_pickle" and "provenance" change `weights`."""
+        location = {key: changes.pop(key) for key in WEIGHTS_KEYS if key in changes}
+        if location:
+            changes["weights"] = dataclasses.replace(self.weights, **location)
         return dataclasses.replace(self, **changes)
 
     # ---- derived values --------------------------------------------------------------------------
@@ -128,26 +158,14 @@ class BoosterSpec:
         return self.init != "none"
 
     def network_dict(self) -> dict[str, Any]:
-        """The fields that define the network (what it computes), without descriptions and weight locations."""
-        return {key: value for key, value in self.to_dict().items()
-                if key not in DESCRIPTIVE_FIELDS + LOCATION_FIELDS}
+        """The compared fields: what the network is (no labels, no weight location)."""
+        return {f.name: dict(getattr(self, f.name)) if f.name == "config" else getattr(self, f.name)
+                for f in dataclasses.fields(self) if f.compare}
 
     def network_differences(self, other: "BoosterSpec") -> dict[str, tuple]:
         """Fields that make the two specs build different networks: {field: (self value, other value)}."""
-        return self.differences(other, ignore=DESCRIPTIVE_FIELDS + LOCATION_FIELDS)
-
-    def differences(self, other: "BoosterSpec", ignore: tuple[str, ...] = DESCRIPTIVE_FIELDS) -> dict[str, tuple]:
-        """Fields (other than the descriptive ones) whose values differ: {field: (self value, other value)}."""
-        diff = {}
-        for f in dataclasses.fields(self):
-            if f.name in ignore:
-                continue
-            mine, theirs = getattr(self, f.name), getattr(other, f.name)
-            if f.name == "config":
-                mine, theirs = dict(mine), dict(theirs)
-            if mine != theirs:
-                diff[f.name] = (mine, theirs)
-        return diff
+        mine, theirs = self.network_dict(), other.network_dict()
+        return {key: (mine[key], theirs[key]) for key in mine if mine[key] != theirs[key]}
 
 
 def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -211,9 +229,7 @@ def _check_lora(spec: BoosterSpec) -> None:
 
 
 def _validate(spec: BoosterSpec) -> None:
-    _typed("source", spec.source, str, "a hub id, a local folder or 'package:<name>'")
-    if not spec.source.strip():
-        raise SpecError("'source' is empty; give a hub id, a local folder or 'package:<name>'.")
+    _typed("weights", spec.weights, WeightsSource, "a WeightsSource (in JSON: the 'source' key and its kin)")
     _typed("layer", spec.layer, int, "a 0-based layer index (integer)")
     _typed("family", spec.family, str, "a model family name")
     get_family(spec.family)
@@ -233,14 +249,10 @@ def _validate(spec: BoosterSpec) -> None:
     if spec.lora is not None:
         _check_lora(spec)
     _choice("dtype", spec.dtype, DTYPE_CHOICES)
-    for key in ("revision", "name", "description", "paper_layer"):
+    for key in ("name", "description", "paper_layer"):
         value = getattr(spec, key)
         if value is not None:
             _typed(key, value, str, "a string or null")
-    _typed("allow_pickle", spec.allow_pickle, bool, "true or false")
-    if spec.provenance is not None:
-        _typed("provenance", spec.provenance, Mapping, "an object or null")
-        check_json_value("provenance", spec.provenance)
     if spec.positions == "paper" and spec.family not in ROTARY_FAMILIES:
         raise SpecError(f"'positions' is 'paper', which only exists for rotary families "
                         f"({', '.join(ROTARY_FAMILIES)}); family {spec.family!r} allows 'native' or 'none'.")
@@ -256,7 +268,7 @@ def _validate(spec: BoosterSpec) -> None:
 
 
 def describe_differences(diff: Mapping[str, tuple]) -> str:
-    """'field: a vs b; ...' for a differences() result; objects (config, lora) are compared key by key."""
+    """'field: a vs b; ...' for a network_differences() result; objects (config, lora) are compared key by key."""
     parts = []
     for name, (first, second) in diff.items():
         if isinstance(first, Mapping) and isinstance(second, Mapping):

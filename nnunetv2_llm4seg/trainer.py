@@ -207,10 +207,10 @@ class LLM4SegTrainer(nnUNetTrainer):
         stage = network.booster_stage
         tokens = tokens_at_stage(self.configuration_manager.patch_size,
                                  self.encoder_strides(self.configuration_manager), stage)
-        provenance = spec.provenance or {}
+        provenance = spec.weights.provenance or {}
         layer_state = "trainable" if spec.trainable else "frozen"
         rows = [
-            ("source", f"{spec.source}" + (f" @ {provenance['revision']}" if provenance.get("revision") else "")),
+            ("source", f"{spec.weights.source}" + (f" @ {provenance['revision']}" if provenance.get("revision") else "")),
             ("family / layer", f"{spec.family}, layer index {spec.layer}"
                                + (f" (paper: {spec.paper_layer})" if spec.paper_layer else "")
                                + f", init {spec.init}, {layer_state}"),

@@ -53,7 +53,8 @@ def spec_for(folder: Path, layer: int, **changes: Any):
     from nnunetv2_llm4seg.spec import BoosterSpec
 
     config = json.loads((folder / "config.json").read_text())
-    return BoosterSpec(source=str(folder), layer=layer, family=config["model_type"], config=config, **changes)
+    return BoosterSpec.from_dict({"source": str(folder), "layer": layer, "family": config["model_type"], "config": config,
+                               **changes})
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 300,

@@ -18,7 +18,8 @@ def small_spec(family: str = "llama", **changes) -> BoosterSpec:
                   "num_hidden_layers": 2, "max_position_embeddings": 128}
     else:
         config = {"model_type": family, "num_hidden_layers": 2, **SMALL_LLAMA}
-    return BoosterSpec(source="unused/in-these-tests", layer=1, family=family, config=config, **changes)
+    return BoosterSpec.from_dict({"source": "unused/in-these-tests", "layer": 1, "family": family, "config": config,
+                               **changes})
 
 
 @pytest.mark.parametrize("shape", [(1, 16, 4, 4), (3, 16, 5, 7), (2, 16, 2, 3, 4), (1, 16, 1, 1, 1)])

@@ -66,7 +66,7 @@ def test_pretrained_layer_is_bit_identical_after_nnunet_init_and_the_optimizer_g
     trainable = {id(p) for p in trainer.network.parameters() if p.requires_grad}
     frozen = {id(p) for p in trainer.booster.llm.parameters()}
     assert optimized == trainable and not optimized & frozen
-    assert trainer.llm4seg_spec.provenance["sha256"]
+    assert trainer.llm4seg_spec.weights.provenance["sha256"]
     assert "LLM4Seg booster" in Path(trainer.log_file).read_text()
 
 
@@ -86,14 +86,14 @@ def test_spec_is_the_plans_entry_else_the_trainer_default_and_the_source_variabl
     assert requested_spec(configuration, "llama3.2-1b-l15", {}).name == "llama3.2-1b-l15"
     monkeypatch.setenv("nnUNet_llm4seg_source", str(tmp_path))
     from_source = requested_spec(configuration, "llama3.2-1b-l15", {"trainable": True})
-    assert (from_source.source, from_source.trainable) == (str(tmp_path), True)
+    assert (from_source.weights.source, from_source.trainable) == (str(tmp_path), True)
     assert from_source.network_differences(load_preset("llama3.2-1b-l15")) == {"trainable": (True, False)}
     configuration["llm4seg"] = {"preset": "deepseek-r1-qwen1.5b-l28", "attention": "causal"}
     from_plans = requested_spec(configuration, "llama3.2-1b-l15", {"init": "none"})
     assert (from_plans.family, from_plans.attention, from_plans.init) == ("qwen2", "causal", "none")
-    assert from_plans.source == str(tmp_path)  # the source variable still says where to read the weights
+    assert from_plans.weights.source == str(tmp_path)  # the source variable still says where to read the weights
     monkeypatch.delenv("nnUNet_llm4seg_source")
-    assert requested_spec(configuration, "llama3.2-1b-l15", {}).source == "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+    assert requested_spec(configuration, "llama3.2-1b-l15", {}).weights.source == "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
 
 
 def test_the_retired_spec_variable_is_refused_with_the_replacement(monkeypatch):
@@ -281,7 +281,7 @@ def test_paper_random_init_keeps_pretrained_norms_and_reinitialises_linear_layer
             fan_out, fan_in = tensor.shape
             assert tensor.abs().max() <= (6 / (fan_in + fan_out)) ** 0.5 and not torch.equal(tensor, stored[name])
     assert all(p.requires_grad for p in layer.parameters())
-    assert trainer.llm4seg_spec.provenance["sha256"]  # what was read before re-initialising
+    assert trainer.llm4seg_spec.weights.provenance["sha256"]  # what was read before re-initialising
 
 
 def test_too_few_tokens_are_refused_before_the_layer_is_allocated(nnunet_env, monkeypatch):

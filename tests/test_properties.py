@@ -77,7 +77,7 @@ def test_layer_size_from_the_config_equals_the_built_layer(family, heads, group,
     if family != "bert":
         config.update(num_key_value_heads=heads, head_dim=head_size, attention_bias=attention_bias,
                       mlp_bias=mlp_bias)
-    spec = BoosterSpec(source="x/y", layer=1, family=family, config=config, positions=positions)
+    spec = BoosterSpec.from_dict({"source": "x/y", "layer": 1, "family": family, "config": config, "positions": positions})
     with torch.device("meta"):
         block = build_layer_block(spec)
     assert layer_parameters(family, config, positions) == sum(p.numel() for p in block.parameters())

@@ -40,7 +40,7 @@ SOURCES = {"llama3.2-1b-l15": ("meta-llama/Llama-3.2-1B", 14),
 def test_presets_carry_the_published_configs(name):
     spec = load_preset(name)
     assert {key: spec.config[key] for key in PUBLISHED[name]} == PUBLISHED[name]
-    assert (spec.source, spec.layer, spec.family) == (*SOURCES[name], PUBLISHED[name]["model_type"])
+    assert (spec.weights.source, spec.layer, spec.family) == (*SOURCES[name], PUBLISHED[name]["model_type"])
 
 
 def test_llama_presets_carry_the_llama3_rope_scaling():
@@ -89,7 +89,7 @@ def test_layer_size_from_the_config_matches_the_built_layer(name):
 def test_round_trip_through_json():
     spec = load_preset("minilm-l6").replace(trainable=True, stage=-2, residual=True, provenance={"sha256": "ab"})
     again = BoosterSpec.from_dict(json.loads(spec.to_json()))
-    assert again == spec and again.provenance == {"sha256": "ab"}
+    assert again == spec and again.weights.provenance == {"sha256": "ab"}
 
 
 @pytest.mark.parametrize("changes, message", [
