@@ -351,7 +351,7 @@ def compare(differences: list[float], baseline: str, seed: int) -> Comparison:
 # ---------------------------------------------------------------- tables and figures
 
 HEADER = ["dataset", "row", "trainer", "cases", "Dice (folds)", "Dice (cases)", "IoU (cases)", "paper IoU",
-          "paper F1", "ΔDice vs baseline [95% CI]", "p (Wilcoxon)", "verdict", "trainable params",
+          "paper F1", "vs", "ΔDice vs baseline [95% CI]", "p (Wilcoxon)", "verdict", "trainable params",
           "frozen params", "train time (s)"]
 CSV_HEADER = ["dataset", "row", "trainer", "cases", "folds", "dice_fold_mean", "dice_fold_std", "dice_mean",
               "dice_std", "iou_mean", "iou_std", "paper_iou_mean", "paper_iou_std", "paper_f1_mean",
@@ -363,30 +363,40 @@ def _cell(pair: tuple[float, float]) -> str:
     return f"{pair[0]:.4f} ± {pair[1]:.4f}"
 
 
+def baseline_of(row: str, rows: tuple[str, ...], baseline: str | None) -> str | None:
+    """The row a row is compared with: CMUNeXt booster rows with plain CMUNeXt when it is a row (the booster's
+    effect on its own backbone), every other row with the study's baseline."""
+    if row.startswith("cmunext-") and "cmunext" in rows:
+        return "cmunext"
+    return baseline
+
+
 def summarise(results: list[RowResult], baseline: str | None, seed: int
               ) -> tuple[list[list[str]], list[list[object]], dict[str, list[float]]]:
     """Markdown rows, CSV rows and per-case Dice differences (label -> values) for the plot."""
     markdown, csv_rows, differences = [], [], {}
+    rows = tuple(dict.fromkeys(r.row for r in results))
     for result in results:
         stats = {key: mean_std([c[key] for c in result.cases.values()]) for key in METRICS}
         folds = mean_std(result.fold_dice)
-        reference = next((r for r in results if r.dataset == result.dataset and r.row == baseline), None)
+        versus = baseline_of(result.row, rows, baseline)
+        reference = next((r for r in results if r.dataset == result.dataset and r.row == versus), None)
         comparison = None
         if reference is not None and reference is not result:
             diffs = paired_differences(reference.cases, result.cases)
-            comparison = compare(diffs, baseline, seed)
+            comparison = compare(diffs, versus, seed)
             differences[f"{result.dataset[11:] or result.dataset}: {result.row}"] = diffs
         verdict = comparison.verdict if comparison else ("baseline" if reference is result else "-")
         delta = (f"{comparison.mean_difference:+.4f} [{comparison.ci_low:+.4f}, {comparison.ci_high:+.4f}]"
                  if comparison else "-")
         markdown.append([result.dataset, result.row, result.trainer, str(len(result.cases)), _cell(folds),
-                         *(_cell(stats[key]) for key in METRICS), delta,
+                         *(_cell(stats[key]) for key in METRICS), versus if comparison else "-", delta,
                          f"{comparison.p_value:.3g}" if comparison else "-", verdict,
                          f"{result.trainable_params:,}", f"{result.frozen_params:,}", f"{result.seconds:.0f}"])
         nan = float("nan")
         csv_rows.append([result.dataset, result.row, result.trainer, len(result.cases), len(result.fold_dice),
                          *folds, *(v for key in METRICS for v in stats[key]),
-                         baseline if comparison else "", comparison.pairs if comparison else 0,
+                         versus if comparison else "", comparison.pairs if comparison else 0,
                          *((comparison.mean_difference, comparison.ci_low, comparison.ci_high, comparison.p_value)
                            if comparison else (nan, nan, nan, nan)), verdict,
                          result.trainable_params, result.frozen_params, round(result.seconds, 1)])
@@ -412,9 +422,9 @@ def write_outputs(study: Study, results: list[RowResult], title: str) -> list[Pa
     output, stem = study.output, study.stem
     markdown, csv_rows, differences = summarise(results, study.baseline, study.seed)
     legend = (f"Dice (folds): mean ± std over folds of each fold's mean case Dice; other metrics: mean ± std over "
-              f"cases. {NNUNET_LABEL}; {PAPER_LABEL}. ΔDice: mean per-case difference to the baseline row "
-              f"({study.baseline or 'none'}) on the same cases, bootstrap 95% CI (percentile, 10,000 resamples, "
-              f"seed {study.seed}); p: paired two-sided Wilcoxon signed-rank test on per-case Dice; verdict "
+              f"cases. {NNUNET_LABEL}; {PAPER_LABEL}. ΔDice: mean per-case difference to the row in 'vs' (the "
+              f"baseline {study.baseline or 'none'}; CMUNeXt booster rows: plain CMUNeXt) on the same cases, "
+              f"bootstrap 95% CI (percentile, 10,000 resamples, seed {study.seed}); p: paired two-sided Wilcoxon signed-rank test on per-case Dice; verdict "
               "'no significant difference' when the CI contains 0 or p >= 0.05.")
     paths = [output / f"{stem}{suffix}" for suffix in (".md", ".csv", "_per_case.csv", "_dice.png",
                                                         "_differences.png", "_curves.csv", "_curves.png")]

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from nnunetv2_llm4seg import cli
-from nnunetv2_llm4seg.study import compare, paired_differences
+from nnunetv2_llm4seg.metrics import METRICS
+from nnunetv2_llm4seg.study import RowResult, compare, paired_differences, summarise
 from nnunetv2_llm4seg.synthetic import make_ultrasound_dataset
 
 
@@ -39,6 +40,20 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.slow
+def test_cmunext_booster_rows_are_compared_with_plain_cmunext_and_others_with_the_baseline():
+    def row(name: str, dice: float) -> RowResult:
+        cases = {f"c{i}": {**{key: dice + 0.01 * i for key in METRICS}, "fold": 0} for i in range(6)}
+        return RowResult("Dataset001_X", name, name, cases, [dice])
+
+    results = [row("stock", 0.5), row("frozen", 0.6), row("cmunext", 0.7), row("cmunext-frozen", 0.7)]
+    markdown, csv_rows, differences = summarise(results, "stock", seed=0)
+    versus = {r[1]: r[15] for r in csv_rows}
+    assert versus == {"stock": "", "frozen": "stock", "cmunext": "stock", "cmunext-frozen": "cmunext"}
+    assert differences["X: cmunext-frozen"] == pytest.approx([0.0] * 6)  # against cmunext, not stock (+0.2)
+    assert differences["X: cmunext"] == pytest.approx([0.2] * 6)
+    assert [r[9] for r in markdown] == ["-", "stock", "stock", "cmunext"]
+
+
 def test_study_end_to_end_on_two_tiny_datasets_is_resumable(tmp_path, monkeypatch, capsys):
     for name in ("raw", "preprocessed", "results"):
         monkeypatch.setenv(f"nnUNet_{name}", str(tmp_path / name))
