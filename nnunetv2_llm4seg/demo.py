@@ -131,17 +131,21 @@ def _move_cases(folder: Path, cases: list[str], ending: str) -> None:
 
 
 def _resize_pngs(folder: Path, size: int) -> None:
-    """Shrink PNG images (bilinear) and labels (nearest) so that their longer side is at most `size`."""
+    """Shrink a copied dataset's PNG images (bilinear) and labels (nearest) so that their longer side is at most
+    `size`, as `llm4seg convert --max-side` does; palette images keep their palette and are resized nearest."""
     from PIL import Image
+
+    from nnunetv2_llm4seg.converters.output import shrunk
 
     for path in folder.glob("*s*/*.png"):
         with Image.open(path) as image:
-            scale = size / max(image.size)
-            if scale >= 1:
+            if max(image.size) <= size:
                 continue
-            new_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-            method = Image.NEAREST if path.parent.name.startswith("labels") else Image.BILINEAR
-            resized = image.resize(new_size, method)
+            palette = image.getpalette() if image.mode == "P" else None
+            array = shrunk(np.asarray(image), size, label=path.parent.name.startswith("labels") or bool(palette))
+        resized = Image.fromarray(array)
+        if palette:
+            resized.putpalette(palette)
         resized.save(path)
 
 
@@ -176,8 +180,7 @@ def prepare_data(options: DemoOptions, folders: NnUNetFolders, dataset_id: int, 
                                          seed=options.seed, name="LLM4SegDemo", test_cases=options.test_cases)
     elif kind in ("busbra", "kvasir") and location:
         folder = convert_dataset(kind, Path(location).expanduser(), dataset_id, folders.raw,
-                                 name=f"LLM4SegDemo_{kind}")
-        _resize_pngs(folder, options.image_size)
+                                 name=f"LLM4SegDemo_{kind}", max_side=options.image_size)
         if kind == "busbra":
             _hold_out_patients(folder)
         else:

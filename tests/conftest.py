@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -6,6 +7,16 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from helpers import LLAMA_SHAPE, QWEN2_SHAPE, SMALL_LLAMA, save_checkpoint  # noqa: E402
+
+
+def pytest_configure(config) -> None:
+    """Under xdist, each worker (and the nnU-Net processes it starts) computes on one thread: the workers share
+    this machine's cores instead of oversubscribing them."""
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

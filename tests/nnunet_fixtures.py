@@ -37,7 +37,8 @@ class NnUNetProject:
         base = {k: v for k, v in os.environ.items() if k in keep}
         return {**base, "nnUNet_raw": str(self.raw), "nnUNet_preprocessed": str(self.preprocessed),
                 "nnUNet_results": str(self.results), "nnUNet_n_proc_DA": "1", "nnUNet_compile": "f",
-                "nnUNet_def_n_proc": "1", "nnUNet_extTrainer": str(TEST_TRAINERS), "OMP_NUM_THREADS": "2",
+                "nnUNet_def_n_proc": "1", "nnUNet_extTrainer": str(TEST_TRAINERS),
+                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),  # 1 per worker under xdist (conftest)
                 **self.extra_env, **extra}
 
     def run(self, *args: str, timeout: int = 900, check: bool = True, **extra_env: str):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("benchmark_cache")]  # inference reuses the smoke plans
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 

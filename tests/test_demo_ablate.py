@@ -123,7 +123,7 @@ def test_busbra_real_data_brief_training_beats_an_untrained_network(tmp_path):
     output = tmp_path / "busbra_demo"
     result = project.run("llm4seg", "demo", "--data", f"busbra:{source}", "--trainers",
                          "nnUNetTrainerLLM4SegMiniLM", "--output", str(output), "--epochs", "6",
-                         "--iterations", "30", "--image-size", "96", "--no-progress", "--device", "cpu",
+                         "--iterations", "30", "--image-size", "64", "--no-progress", "--device", "cpu",
                          timeout=1800)
     summary = json.loads((output / "results.json").read_text())["methods"]["nnUNetTrainerLLM4SegMiniLM"]
     dataset = project.raw / "Dataset999_LLM4SegDemo_busbra"
@@ -176,3 +176,37 @@ def test_demo_finds_a_users_dataset_by_id_or_name(tmp_path):
         copy = _copy_nnunet_dataset(reference, tmp_path / "user_raw", folders, new_id)
         assert copy.name == f"Dataset{new_id}_LLM4SegDemo_Mine" and (copy / "dataset.json").is_file()
     assert len(list((tmp_path / "user_raw" / "Dataset005_Mine" / "imagesTr").iterdir())) == 2
+
+
+def test_a_copied_datasets_pngs_are_shrunk_like_the_converters(tmp_path):
+    """Images bilinear, labels and palette images nearest (values and palette kept), small files untouched."""
+    import numpy as np
+    from PIL import Image
+
+    from nnunetv2_llm4seg.demo import _resize_pngs
+
+    for name in ("imagesTr", "labelsTr", "imagesTs"):
+        (tmp_path / name).mkdir()
+    ramp = np.tile(np.linspace(0, 255, 120), (80, 1)).astype(np.uint8)
+    Image.fromarray(np.stack([ramp] * 3, axis=-1)).save(tmp_path / "imagesTr" / "a_0000.png")
+    label = np.zeros((80, 120), np.uint8)
+    label[20:60, 30:90] = 2
+    Image.fromarray(label).save(tmp_path / "labelsTr" / "a.png")
+    palette = Image.fromarray(label, mode="P")
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
+    palette.save(tmp_path / "imagesTs" / "b_0000.png")
+    Image.fromarray(ramp[:40, :40]).save(tmp_path / "imagesTs" / "small_0000.png")
+    small_before = (tmp_path / "imagesTs" / "small_0000.png").read_bytes()
+
+    _resize_pngs(tmp_path, 60)
+
+    with Image.open(tmp_path / "imagesTr" / "a_0000.png") as image:
+        assert image.size == (60, 40) and image.mode == "RGB"
+        interpolated = set(np.unique(np.asarray(image)).tolist())
+    assert len(interpolated) > 50  # bilinear: a smooth ramp, not a subset of the original columns' values
+    with Image.open(tmp_path / "labelsTr" / "a.png") as image:
+        assert image.size == (60, 40) and set(np.unique(np.asarray(image)).tolist()) == {0, 2}
+    with Image.open(tmp_path / "imagesTs" / "b_0000.png") as image:
+        assert image.mode == "P" and image.getpalette()[3:6] == [255, 0, 0]
+        assert set(np.unique(np.asarray(image)).tolist()) == {0, 2}
+    assert (tmp_path / "imagesTs" / "small_0000.png").read_bytes() == small_before

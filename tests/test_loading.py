@@ -15,6 +15,9 @@ from nnunetv2_llm4seg.layers import build_layer_block
 from nnunetv2_llm4seg.loading import load_into_block
 from nnunetv2_llm4seg.presets import load_preset
 
+# the tests on the full-width LLaMA/Qwen checkpoints (session fixtures, ~430 MB) run on one xdist worker
+ON_SHARDED_CHECKPOINTS = pytest.mark.xdist_group("sharded_checkpoints")
+
 
 class SafeOpenSpy:
     """Wraps safetensors.safe_open and records which files were opened and which tensors were read."""
@@ -58,6 +61,7 @@ def assert_block_equals_checkpoint(block, folder: Path, prefix: str) -> None:
         assert torch.equal(loaded, tensor.float()), name
 
 
+@ON_SHARDED_CHECKPOINTS
 @pytest.mark.parametrize("fixture, family", [("llama_sharded", "llama"), ("qwen2_sharded", "qwen2")])
 def test_sharded_layer_is_bit_identical_and_other_layers_are_never_read(request, monkeypatch, fixture, family):
     folder = request.getfixturevalue(fixture)
@@ -129,6 +133,7 @@ class FakeHub:
         return str(self.folder / filename)
 
 
+@ON_SHARDED_CHECKPOINTS
 def test_hub_source_downloads_only_config_index_and_the_layer_shards(monkeypatch, llama_sharded):
     import huggingface_hub
 

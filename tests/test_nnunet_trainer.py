@@ -19,7 +19,7 @@ from nnunetv2_llm4seg.synthetic import make_blob_dataset, make_ultrasound_datase
 from nnunetv2_llm4seg.trainers import (nnUNetTrainerLLM4Seg, nnUNetTrainerLLM4SegAdaptersOnly,
                                        nnUNetTrainerLLM4SegMiniLM, nnUNetTrainerLLM4SegRandomInit)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("nnunet_trainer_project")]  # one worker plans it once
 
 
 @pytest.fixture(scope="module")

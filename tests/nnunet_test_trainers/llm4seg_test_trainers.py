@@ -1,5 +1,6 @@
 """Test-only trainers: the shipped ones with a few iterations per epoch (nnU-Net finds this folder through
-nnUNet_extTrainer, set by the tests). Epochs/iterations can be changed with LLM4SEG_TEST_* variables."""
+nnUNet_extTrainer, set by the tests). Epochs/iterations can be changed with LLM4SEG_TEST_* variables, and
+LLM4SEG_TEST_VALIDATE=0 leaves out nnU-Net's final validation where a test does not look at it."""
 import os
 
 import torch
@@ -25,6 +26,10 @@ class ShortSchedule:
         rotation, dummy_2d, initial_patch_size, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         self.inference_allowed_mirroring_axes = None
         return rotation, dummy_2d, initial_patch_size, None
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        if os.environ.get("LLM4SEG_TEST_VALIDATE", "1") != "0":
+            super().perform_actual_validation(save_probabilities)
 
 
 class nnUNetTrainerLLM4SegMiniLM_test(ShortSchedule, nnUNetTrainerLLM4SegMiniLM):
