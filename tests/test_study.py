@@ -54,6 +54,7 @@ def test_cmunext_booster_rows_are_compared_with_plain_cmunext_and_others_with_th
     assert [r[9] for r in markdown] == ["-", "stock", "stock", "cmunext"]
 
 
+@pytest.mark.slow
 def test_study_end_to_end_on_two_tiny_datasets_is_resumable(tmp_path, monkeypatch, capsys):
     for name in ("raw", "preprocessed", "results"):
         monkeypatch.setenv(f"nnUNet_{name}", str(tmp_path / name))
