@@ -304,8 +304,11 @@ def head_dim(config: Any) -> int:
 
 
 def transformers_config(family: str, config: Mapping[str, Any], frozen: bool, attn_implementation: str) -> Any:
-    """The transformers config object for the layer; dropout is switched off for a frozen layer."""
-    values = {k: v for k, v in config.items() if k not in ("architectures", "auto_map", "transformers_version")}
+    """The transformers config object for the layer; dropout is switched off for a frozen layer. A null
+    head_dim means hidden_size / num_attention_heads, as in `_head_sizes`: it is left out, because Qwen2's attention
+    would read None as the head size."""
+    values = {k: v for k, v in config.items() if k not in ("architectures", "auto_map", "transformers_version")
+              and not (k == "head_dim" and v is None)}
     if frozen:
         for key in ("attention_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob"):
             if key in values or family == "bert":
