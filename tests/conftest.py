@@ -19,12 +19,6 @@ def pytest_configure(config) -> None:
         torch.set_num_threads(1)
 
 
-def pytest_collection_modifyitems(items: list) -> None:
-    """The slow end-to-end tests first, the many quick ones after: xdist's workers then finish together instead of
-    one running a long test alone at the end (a stable sort: the same order on every worker)."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 @pytest.fixture(scope="session")
 def llama_sharded(tmp_path_factory) -> Path:
     """LLaMA-3.2-1B-shaped checkpoint (hidden 2048), 2 layers, bf16, 3 shards: layer 1 spans shards 2 and 3."""
