@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import weakref
 from typing import Any
 
 import torch
@@ -9,6 +10,7 @@ from torch import nn
 
 from nnunetv2_llm4seg.errors import CheckpointError, SpecConflictError
 from nnunetv2_llm4seg.layers import DEFAULT_ATTN_IMPLEMENTATION, build_layer_block
+from nnunetv2_llm4seg.precision import Precision, layer_precision
 from nnunetv2_llm4seg.spec import PRETRAINED_INITS, BoosterSpec, describe_differences
 
 
@@ -74,10 +76,16 @@ def decode_network_spec(stored: torch.Tensor) -> dict:
 class LLMBooster(nn.Module):
     """Adapters C -> hidden -> C around one (frozen) LLM layer; any 2D/3D shape, batch size and device.
 
-    The LLM layer computes in the spec's dtype and the output adapter in float32, outside nnU-Net's fp16
-    autocast. A frozen layer is stored in the compute dtype; a trainable one keeps float32 weights and computes
-    under bf16 autocast when the spec asks for bfloat16. A frozen layer has requires_grad False but passes
-    gradients through to the adapters and CNN.
+    Precision: the LLM layer computes in the spec's dtype (float32 where the device has no native bfloat16, see
+    precision.py) and the output adapter in float32, outside nnU-Net's fp16 autocast. A frozen layer is stored in
+    its compute dtype; a trainable one keeps float32 weights and computes under bf16 autocast when the spec asks
+    for bfloat16. A frozen layer has requires_grad False but passes gradients through to the adapters and CNN.
+
+    torch.compile: the booster always runs eagerly (one graph break). A compiled backward re-applies the forward's
+    outer autocast to everything it traced (torch._functorch.config.backward_pass_autocast, "same_as_forward" by
+    default), so inside any compiled network under nnU-Net's fp16 autocast the booster's backward would run in
+    fp16: gradients that differ from eager and overflow where eager does not. Eager, its backward is exactly
+    eager autograd's, whoever compiles the network around it (nnU-Net's trainer, its predictor, a user's loop).
     """
 
     def __init__(self, channels: int, spec: BoosterSpec, attn_implementation: str = DEFAULT_ATTN_IMPLEMENTATION):
@@ -90,13 +98,18 @@ class LLMBooster(nn.Module):
         self.residual = spec.residual
         # "gated": one learnable gate per channel, 0 at the start: the network starts as the CNN alone
         self.gate = nn.Parameter(torch.zeros(channels)) if spec.residual == "gated" else None
-        self.compute_dtype = getattr(torch, spec.dtype)
+        self.requested_dtype = getattr(torch, spec.dtype)
+        self.compute_dtype = self.requested_dtype
+        self.precision_device: torch.device | None = None
         self.llm_trainable = spec.trainable
+        self._frozen_loads: dict[str, tuple] = {}  # what each frozen tensor last received from a state dict
+        self._pending_loads: dict[str, torch.Tensor] = {}
         self.awaiting_weights = spec.init in PRETRAINED_INITS
         # what this network computes travels with its weights, so a checkpoint is never loaded into another network
         self.register_buffer("network_spec", encode_network_spec(spec))
         self._register_load_state_dict_pre_hook(self._check_stored_spec)
         self.register_load_state_dict_post_hook(self._weights_arrived)
+        self._register_load_state_dict_pre_hook(self._skip_unchanged_frozen_tensors)
         if self.llm is not None:
             if spec.init == "random":
                 init_like_paper(self.llm)
@@ -142,16 +155,56 @@ class LLMBooster(nn.Module):
                     "plans.json (llm4seg entry) and the checkpoint come from different runs. Use the plans.json "
                     "of the model folder the checkpoint belongs to.")
 
+    def _frozen_llm_tensors(self) -> dict[str, torch.Tensor]:
+        if self.llm is None:
+            return {}
+        return {f"llm.{name}": parameter for name, parameter in self.llm.named_parameters()
+                if not parameter.requires_grad}
+
+    def _skip_unchanged_frozen_tensors(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        """nnU-Net's predictor loads the same checkpoint tensors into the network for every case and fold: a
+        frozen tensor that received exactly this source tensor last time (same object, neither side modified
+        since) is not copied again (the layer is 116 MiB for LLaMA). Anything else is loaded as usual."""
+        pending = {}
+        for name, parameter in self._frozen_llm_tensors().items():
+            source = state_dict.get(prefix + name)
+            if not isinstance(source, torch.Tensor):
+                continue
+            last = self._frozen_loads.get(name)
+            if last is not None and last[0]() is source and last[1:] == (source._version, parameter.data_ptr(),
+                                                                         parameter._version):
+                state_dict[prefix + name] = parameter.detach()  # a copy onto itself costs nothing
+            pending[name] = source
+        self._pending_loads = pending
+
     def _weights_arrived(self, module: nn.Module, incompatible: Any) -> None:
         if not any(key.startswith("llm.") or ".llm." in key for key in incompatible.missing_keys):
             self.awaiting_weights = False
+        frozen = self._frozen_llm_tensors()
+        self._frozen_loads = {name: (weakref.ref(source), source._version, frozen[name].data_ptr(),
+                                     frozen[name]._version)
+                              for name, source in self._pending_loads.items()}
+        self._pending_loads = {}
 
+    def adopt_precision(self, device: torch.device) -> Precision:
+        """Compute in the dtype this device supports (precision.py); a frozen layer's stored weights follow."""
+        precision = layer_precision(self.requested_dtype, device)
+        if precision.dtype != self.compute_dtype:
+            if self.llm is not None and not self.llm_trainable:
+                self.llm.store_weights_in(precision.dtype)
+            self.compute_dtype = precision.dtype
+        self.precision_device = device
+        return precision
+
+    @torch.compiler.disable
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if self.awaiting_weights:
             raise CheckpointError(
                 "the pre-trained LLM layer of this booster was never loaded (its weights are zero placeholders). "
                 "Call booster.load_pretrained(spec) (the LLM4Seg trainers do this in initialize()) or load a "
                 "checkpoint's state dict before running the network.")
+        if features.device != self.precision_device:
+            self.adopt_precision(features.device)
         tokens = features_to_tokens(features)
         hidden = self.adapter_in(tokens)
         # LLM activations can exceed fp16's range: the layer and the adapter that reads it run outside autocast.

@@ -89,13 +89,21 @@ class BoostedUNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         if getattr(self.encoder, "stem", None) is not None:
             x = self.encoder.stem(x)
+        before, after = self._stages_around_booster()
         skips = []
-        for index, stage in enumerate(self.encoder.stages):
+        for stage in before:
             x = stage(x)
-            if index == self.booster_stage:
-                x = self.booster(x)
+            skips.append(x)
+        # outside the loops: under torch.compile the (eager) booster is one graph break, the CNN two graphs
+        x = skips[-1] = self.booster(x)
+        for stage in after:
+            x = stage(x)
             skips.append(x)
         return self.decoder(skips)
+
+    def _stages_around_booster(self) -> tuple[list[nn.Module], list[nn.Module]]:
+        stages = list(self.encoder.stages)
+        return stages[: self.booster_stage + 1], stages[self.booster_stage + 1:]
 
 
 def booster_stage_index(spec: BoosterSpec, n_stages: int) -> int:
