@@ -11,6 +11,7 @@ import re
 from typing import Any, ClassVar, Mapping
 
 import torch
+import torch.distributed as dist
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
@@ -35,6 +36,15 @@ def unwrap(network: nn.Module) -> nn.Module:
 
 def trainable_parameters(network: nn.Module) -> list[nn.Parameter]:
     return [p for p in network.parameters() if p.requires_grad]
+
+
+def broadcast_from_rank0(module: nn.Module) -> None:
+    """Every rank takes rank 0's parameters and buffers of `module`. DDP broadcasts once, when it wraps the
+    network; whatever is loaded or re-initialised afterwards would otherwise differ between ranks seeded
+    differently (trap 18)."""
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor.data, src=0)
 
 
 class Unfrozen:
@@ -153,10 +163,15 @@ class LLM4SegTrainer(nnUNetTrainer):
         return unwrap(self.network).booster
 
     def initialize(self) -> None:
+        """nnU-Net's initialize (network built, compiled, wrapped in DDP), then the pre-trained layer loaded,
+        the same on every rank, in the precision this device supports."""
         super().initialize()
         spec = self.llm4seg_spec
         if spec.init in PRETRAINED_INITS and not self.weights_from_checkpoint:
             self._install(spec.replace(provenance=self.booster.load_pretrained(spec)))
+        if self.is_ddp:
+            broadcast_from_rank0(self.booster)
+        self.booster_precision = self.booster.adopt_precision(self.device)
         self._log_booster()
 
     def on_epoch_end(self) -> None:
@@ -214,7 +229,9 @@ class LLM4SegTrainer(nnUNetTrainer):
             ("family / layer", f"{spec.family}, layer index {spec.layer}"
                                + (f" (paper: {spec.paper_layer})" if spec.paper_layer else "")
                                + f", init {spec.init}, {layer_state}"),
-            ("attention / positions", f"{spec.attention}, {spec.positions}, {spec.dtype}"),
+            ("attention / positions", f"{spec.attention}, {spec.positions}"),
+            ("precision", f"{self.booster_precision.path} on {self.device}; output adapter float32, outside "
+                          "autocast; eager under torch.compile"),
             ("stage", f"{stage} of {len(network.encoder.stages)} ({'bottleneck' if spec.stage == -1 else spec.stage}),"
                       f" {booster.adapter_in.in_features} channels, {tokens} tokens per patch"),
             ("adapter parameters", f"{count_parameters(booster.adapter_in) + count_parameters(booster.adapter_out):,}"),

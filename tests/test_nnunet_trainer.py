@@ -16,8 +16,10 @@ from nnunetv2_llm4seg.errors import SpecError
 from nnunetv2_llm4seg.presets import load_preset
 from nnunetv2_llm4seg.run_spec import configured_spec, install_spec, requested_spec
 from nnunetv2_llm4seg.synthetic import make_blob_dataset, make_ultrasound_dataset
+from nnunetv2_llm4seg.trainer import PaperRandomInit
 from nnunetv2_llm4seg.trainers import (nnUNetTrainerLLM4Seg, nnUNetTrainerLLM4SegAdaptersOnly,
-                                       nnUNetTrainerLLM4SegMiniLM, nnUNetTrainerLLM4SegRandomInit)
+                                       nnUNetTrainerLLM4SegMiniLM, nnUNetTrainerLLM4SegMiniLMRandomInit,
+                                       nnUNetTrainerLLM4SegRandomInit)
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("nnunet_trainer_project")]  # one worker plans it once
 
@@ -167,7 +169,7 @@ ROW_SPECS = {"frozen": {}, "lora+gated": {"lora": {"rank": 4, "alpha": 8, "dropo
 
 
 @pytest.mark.parametrize("row", list(ROW_SPECS))
-def test_torch_compile_traces_the_wrapper_without_graph_breaks(nnunet_env, row):
+def test_torch_compile_traces_the_wrapper_with_the_booster_as_its_one_graph_break(nnunet_env, row):
     plans_file = nnunet_env.preprocessed / "Dataset611_SyntheticUltrasound" / "nnUNetPlans.json"
     network, configuration = boosted_network(plans_file, "2d", load_preset("minilm-l6").replace(**ROW_SPECS[row]))
     if row != "frozen":  # a gate away from 0 and non-zero LoRA B, so that both paths reach the output
@@ -177,8 +179,10 @@ def test_torch_compile_traces_the_wrapper_without_graph_breaks(nnunet_env, row):
                 torch.nn.init.normal_(parameter, std=0.02)
     network.decoder.deep_supervision = False
     x = torch.randn(2, 1, *configuration.patch_size)
-    compiled = torch.compile(network, backend="aot_eager", fullgraph=True)
+    compiled = torch.compile(network, backend="aot_eager")
     assert torch.allclose(compiled(x), network(x), atol=1e-5)
+    explanation = torch._dynamo.explain(network)(x)  # encoder stages and decoder compiled, the booster eager
+    assert (explanation.graph_count, explanation.graph_break_count) == (2, 1)
 
 
 def _ddp_worker(rank: int, world_size: int, plans_file: str, port: str, row: str, results: dict) -> None:
@@ -227,6 +231,53 @@ def test_ddp_two_processes_gloo_synchronises_gradients_and_keeps_the_layer_froze
         results = dict(results)
     assert set(results) == {0, 1}
     assert all(all(flags.values()) for flags in results.values()), results
+
+
+class MiniLMPaperRandomInit(PaperRandomInit, nnUNetTrainerLLM4SegMiniLM):
+    """The official need_init on MiniLM: the layer is loaded, then its nn.Linear weights re-initialised, after
+    nnU-Net wrapped the network in DDP."""
+
+
+DDP_TRAINERS = {"frozen": nnUNetTrainerLLM4SegMiniLM, "random": nnUNetTrainerLLM4SegMiniLMRandomInit,
+                "paper-random": MiniLMPaperRandomInit}
+
+
+def _ddp_trainer_worker(rank: int, world_size: int, root: str, port: str, row: str, results: dict) -> None:
+    """nnU-Net's own initialize() under a real gloo process group, on CPU: nnU-Net picks cuda:<rank> under DDP
+    and passes device_ids to DDP; both are set back to CPU here, nothing else is changed."""
+    import hashlib
+
+    import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as nnunet_trainer_module
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
+    nnunet_trainer_module.DDP = lambda network, device_ids=None: torch.nn.parallel.DistributedDataParallel(network)
+    torch.manual_seed(1000 + rank)  # ranks seeded differently: only broadcasts can make them agree
+    trainer = make_trainer(NnUNetProject(Path(root)), DDP_TRAINERS[row])
+    assert trainer.is_ddp
+    trainer.device = torch.device("cpu")
+    trainer.initialize()
+    results[rank] = {name: hashlib.sha256(tensor.float().numpy().tobytes()).hexdigest()
+                     for name, tensor in trainer.booster.state_dict().items()}
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("row", list(DDP_TRAINERS))
+def test_ddp_ranks_seeded_differently_end_initialize_with_identical_boosters(nnunet_env, row):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_ddp_trainer_worker, args=(2, str(nnunet_env.root), port, row, results), nprocs=2, join=True)
+        results = dict(results)
+    assert set(results) == {0, 1} and len(results[0]) > 10
+    differing = sorted(name for name in results[0] if results[0][name] != results[1][name])
+    assert not differing, differing
 
 
 def test_paper_unet_plans_variant_gives_the_papers_adapter_count(nnunet_env):
@@ -298,3 +349,45 @@ def test_too_few_tokens_are_refused_before_the_layer_is_allocated(nnunet_env, mo
     monkeypatch.setattr(network_module, "LLMBooster", no_allocation)
     with pytest.raises(SpecError, match=r"1 token\(s\) per patch of 16x16.*at least 16x32"):
         nnUNetTrainerLLM4Seg.build_network_architecture(plans, configuration, 1, 2, False)
+
+
+def test_llm4seg_check_runs_both_trainers_on_cpu_and_writes_no_results(nnunet_env, capsys):
+    from nnunetv2_llm4seg import cli
+
+    code = cli.main(["check", "611", "-c", "2d", "-tr", "nnUNetTrainerLLM4SegMiniLM", "--device", "cpu",
+                     "--steps", "2", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["ok"] and report["verdict"].startswith("OK")
+    assert (report["trainer"], report["baseline"]) == ("nnUNetTrainerLLM4SegMiniLM", "nnUNetTrainer")
+    assert report["precision"] == "float32 (as the spec asks)" and report["tokens"] == 16
+    assert report["frozen_parameters"] > 1_000_000 and report["step_time_ratio"] > 0
+    assert all(len(run["seconds"]) == 2 and len(run["losses"]) == 4 for run in report["runs"].values())
+    assert not any(nnunet_env.results.glob("*/nnUNetTrainer*"))  # the trainers logged into a scratch folder
+    assert not (nnunet_env.preprocessed / "Dataset611_SyntheticUltrasound" / "splits_final.json").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["999"], "dataset '999' was not found"),
+    (["611", "-p", "nnUNetPlans_missing"], "nnUNetPlans_missing.json does not exist; plans in this dataset"),
+    (["611", "-p", "../../x"], "is not a plans identifier"),
+    (["611", "-c", "3d_fullres"], "configuration '3d_fullres' is not in nnUNetPlans.json; it has: 2d"),
+    (["611", "-tr", "nnUNetTrainerNoSuchThing"], "trainer 'nnUNetTrainerNoSuchThing' was not found"),
+])
+def test_llm4seg_check_refuses_bad_input_with_one_line(nnunet_env, capsys, args, message):
+    from nnunetv2_llm4seg import cli
+
+    defaults = {"-c": "2d", "-tr": "nnUNetTrainerLLM4SegMiniLM"}
+    for flag, value in defaults.items():
+        if flag not in args:
+            args = [*args, flag, value]
+    code = cli.main(["check", *args, "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_llm4seg_check_on_cuda_without_a_gpu_says_so(nnunet_env, capsys):
+    from nnunetv2_llm4seg import cli
+
+    assert cli.main(["check", "611", "-c", "2d", "-tr", "nnUNetTrainerLLM4SegMiniLM"]) == 2
+    assert "torch sees no CUDA GPU here" in capsys.readouterr().err
