@@ -1,4 +1,4 @@
-"""The `llm4seg` command: presets, describe, trainers, fetch, convert, demo, ablate, study."""
+"""The `llm4seg` command: presets, describe, trainers, fetch, plans, check, convert, demo, ablate, study."""
 from __future__ import annotations
 
 import argparse
@@ -147,9 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     from nnunetv2_llm4seg.converters import add_convert_parser
     from nnunetv2_llm4seg.demo import add_demo_parser
     from nnunetv2_llm4seg.plans_variants import add_plans_parser
+    from nnunetv2_llm4seg.preflight import add_check_parser
     from nnunetv2_llm4seg.study import add_study_parser
 
     add_plans_parser(commands)
+    add_check_parser(commands)
     add_convert_parser(commands)
     add_demo_parser(commands)
     add_ablate_parser(commands)
