@@ -266,7 +266,8 @@ def judge(mine: TrainerSteps, base: TrainerSteps, ratio: float) -> tuple[str, bo
         return (f"WARN: the grad scaler skipped {mine.skipped_steps} steps against {base.skipped_steps} for "
                 f"{base.trainer}; watch the training log's loss.", True)
     if ratio > SLOW_RATIO:
-        return f"WARN: a step takes {ratio:.2f}x the baseline's; check the token count and the precision line.", True
+        return (f"WARN: a step takes {ratio:.2f}x {base.trainer}'s; check the token count and the precision line.",
+                True)
     return f"OK: losses finite, {mine.skipped_steps} skipped steps, step time {ratio:.2f}x {base.trainer}.", True
 
 

@@ -357,7 +357,8 @@ def test_llm4seg_check_runs_both_trainers_on_cpu_and_writes_no_results(nnunet_en
     code = cli.main(["check", "611", "-c", "2d", "-tr", "nnUNetTrainerLLM4SegMiniLM", "--device", "cpu",
                      "--steps", "2", "--json"])
     report = json.loads(capsys.readouterr().out)
-    assert code == 0 and report["ok"] and report["verdict"].startswith("OK")
+    assert code == 0 and report["ok"]  # OK, or WARN for a slow step on this shared CPU (judge() is tested alone)
+    assert f"{report['step_time_ratio']:.2f}x" in report["verdict"]
     assert (report["trainer"], report["baseline"]) == ("nnUNetTrainerLLM4SegMiniLM", "nnUNetTrainer")
     assert report["precision"] == "float32 (as the spec asks)" and report["tokens"] == 16
     assert report["frozen_parameters"] > 1_000_000 and report["step_time_ratio"] > 0
