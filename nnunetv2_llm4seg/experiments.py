@@ -17,6 +17,7 @@ from typing import Any, Iterator
 from nnunetv2_llm4seg.errors import LLM4SegError
 from nnunetv2_llm4seg.parameters import trainable_and_frozen
 from nnunetv2_llm4seg.plans_variants import plans_variant
+from nnunetv2_llm4seg.run_spec import read_checkpoint
 
 PATH_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 
@@ -187,8 +188,10 @@ def train_fold(dataset: str, configuration: str, fold: int, trainer_name: str, p
     trainer.num_iterations_per_epoch = schedule.iterations
     trainer.num_val_iterations_per_epoch = schedule.val_iterations
     if final.is_file() or latest.is_file():  # validate a finished fold, or continue an interrupted one
+        checkpoint = final if final.is_file() else latest
+        read_checkpoint(checkpoint)  # any trainer (nnU-Net's own too) unpickles it only after this safe read
         with quiet(log_file):
-            trainer.load_checkpoint(str(final if final.is_file() else latest))
+            trainer.load_checkpoint(str(checkpoint))
     bar = tqdm(total=schedule.epochs, initial=min(trainer.current_epoch, schedule.epochs),
                desc=f"{trainer_name} fold {fold}", unit="epoch", disable=not progress)
     end_of_epoch = trainer.on_epoch_end
@@ -223,8 +226,6 @@ CURVES = ("train_losses", "val_losses", "mean_fg_dice", "ema_fg_dice")
 
 def training_curves(fold_folder: Path) -> dict[str, list[float]]:
     """Per-epoch train loss, validation loss, pseudo Dice and its EMA from nnU-Net's checkpoint log."""
-    from nnunetv2_llm4seg.run_spec import read_checkpoint
-
     log = read_checkpoint(fold_folder / "checkpoint_final.pth")["logging"]
     return {key: [float(v) for v in log[key]] for key in CURVES}
 
@@ -234,6 +235,7 @@ def predict_folder(model_folder: Path, fold: int, images: Path, output: Path, de
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+    read_checkpoint(model_folder / f"fold_{fold}" / "checkpoint_final.pth")  # before nnU-Net unpickles it
     with quiet(log_file):
         predictor = nnUNetPredictor(device=torch.device(device), verbose=False, allow_tqdm=False)
         predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=(fold,))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -76,8 +77,15 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         with torch.serialization.safe_globals(allowed):
             checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        raise CheckpointError(
+            f"{path} was refused unread: it holds pickled Python objects besides tensors and plain values "
+            f"({found.group(1) if found else 'an object that is not allowed'}), and unpickling them could run "
+            "code. Use a checkpoint written by nnUNetv2_train from a run you trust; move this one away and "
+            "continue from another checkpoint of the fold, or start the fold afresh.") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+        reason = str(error).strip().splitlines()[0].split(". ")[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(
             f"{path} cannot be read as an nnU-Net checkpoint ({reason[:200]}). It may be truncated (a run killed "
             f"while saving, a full disk) or not be a checkpoint. Ways out: continue from another checkpoint of the "
