@@ -92,8 +92,13 @@ def write_plans_variant(dataset_folder: Path, base: str, name: str, configuratio
                         caps: tuple[int, int, int] | None = None, llm4seg_entry: Any = None) -> str:
     """Write plans `name` (own results folders): plans `base` with caps and/or an llm4seg plans entry."""
     plans = json.loads((dataset_folder / f"{base}.json").read_text())
-    variant = plans_variant(plans, name, llm4seg_entry, [configuration], caps=caps)
-    (dataset_folder / f"{name}.json").write_text(json.dumps(variant, indent=2))
+    text = json.dumps(plans_variant(plans, name, llm4seg_entry, [configuration], caps=caps), indent=2)
+    target = dataset_folder / f"{name}.json"
+    if target.is_file() and target.read_text() != text:
+        raise ExperimentError(f"{target} already exists with other content (models trained with it depend on it; "
+                              "was the preset's spec file or the base plans changed?). Nothing was changed: restore "
+                              "what it was written from, or move it and its results folders away.")
+    target.write_text(text)
     return name
 
 

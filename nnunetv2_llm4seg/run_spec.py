@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import re
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,6 +19,7 @@ import torch
 
 from nnunetv2_llm4seg.errors import CheckpointError, SpecConflictError, SpecError
 from nnunetv2_llm4seg.presets import load_preset, load_spec
+from nnunetv2_llm4seg.sources import first_sentence, refused_global
 from nnunetv2_llm4seg.spec import BoosterSpec, describe_differences
 
 PLANS_KEY = "llm4seg"
@@ -78,16 +78,14 @@ def read_checkpoint(path: str | Path) -> dict:
         with torch.serialization.safe_globals(allowed):
             checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except pickle.UnpicklingError as error:
-        found = re.search(r"GLOBAL ([\w.]+)", str(error))
         raise CheckpointError(
             f"{path} was refused unread: it holds pickled Python objects besides tensors and plain values "
-            f"({found.group(1) if found else 'an object that is not allowed'}), and unpickling them could run "
+            f"({refused_global(error)}), and unpickling them could run "
             "code. Use a checkpoint written by nnUNetv2_train from a run you trust; move this one away and "
             "continue from another checkpoint of the fold, or start the fold afresh.") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
-        reason = str(error).strip().splitlines()[0].split(". ")[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(
-            f"{path} cannot be read as an nnU-Net checkpoint ({reason[:200]}). It may be truncated (a run killed "
+            f"{path} cannot be read as an nnU-Net checkpoint ({first_sentence(error)}). It may be truncated (a run killed "
             f"while saving, a full disk) or not be a checkpoint. Ways out: continue from another checkpoint of the "
             f"same fold (move {path.name} away; nnU-Net then takes checkpoint_best.pth), or start the fold afresh "
             "without --c after moving the fold folder away.") from None
