@@ -17,7 +17,7 @@ from typing import Any, Iterator
 from nnunetv2_llm4seg.errors import LLM4SegError
 from nnunetv2_llm4seg.parameters import trainable_and_frozen
 from nnunetv2_llm4seg.plans_variants import plans_variant
-from nnunetv2_llm4seg.run_spec import read_checkpoint
+from nnunetv2_llm4seg.run_spec import check_plans_of_checkpoint, read_checkpoint
 
 PATH_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 
@@ -240,7 +240,8 @@ def predict_folder(model_folder: Path, fold: int, images: Path, output: Path, de
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    read_checkpoint(model_folder / f"fold_{fold}" / "checkpoint_final.pth")  # before nnU-Net unpickles it
+    checkpoint = model_folder / f"fold_{fold}" / "checkpoint_final.pth"
+    check_plans_of_checkpoint(read_checkpoint(checkpoint), model_folder / "plans.json", str(checkpoint))
     with quiet(log_file):
         predictor = nnUNetPredictor(device=torch.device(device), verbose=False, allow_tqdm=False)
         predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=(fold,))

@@ -117,6 +117,21 @@ def spec_in_results_plans(plans_file: str | Path, configuration_name: str) -> Bo
     return None if entry is None else load_spec(entry, where=str(plans_file))
 
 
+def check_plans_of_checkpoint(checkpoint: dict, plans_file: Path, where: str) -> None:
+    """A model folder's plans.json must still describe the network its checkpoint was trained with (the run's
+    plans in init_args): checkpoints without the booster's network_spec buffer are otherwise checked by shape
+    only, and a hand-edited llm4seg entry (attention, positions, ...) would change the network silently."""
+    configuration = checkpoint.get("init_args", {}).get("configuration")
+    stored = spec_in_checkpoint(checkpoint, configuration) if isinstance(configuration, str) else None
+    current = spec_in_results_plans(plans_file, configuration) if stored is not None else None
+    diff = current.network_differences(stored) if current is not None else {}
+    if diff:
+        raise SpecConflictError(
+            f"{plans_file} describes another LLM4Seg network than {where} was trained with (plans.json vs "
+            f"checkpoint: {describe_differences(diff)}). Nothing was predicted. Restore the llm4seg entry of "
+            "plans.json as it was at training (the checkpoint's init_args hold it).")
+
+
 def check_resume(requested: BoosterSpec, stored: BoosterSpec, where: str) -> None:
     """--c and --val continue with the checkpoint's network and weights: a plans entry or trainer that would build
     another network is refused (where the weights would be read from does not matter)."""

@@ -20,9 +20,9 @@ from nnunetv2_llm4seg.booster import LLMBooster
 from nnunetv2_llm4seg.parameters import count_parameters, trainable_and_frozen
 from nnunetv2_llm4seg.network import (BoostedUNet, boost_unet, booster_stage_index, check_token_budget,
                                       tokens_at_stage)
-from nnunetv2_llm4seg.run_spec import (check_resume, check_same_model, configured_spec, install_spec,
+from nnunetv2_llm4seg.run_spec import (PLANS_KEY, check_resume, check_same_model, configured_spec, install_spec,
                                        read_checkpoint, requested_spec, spec_in_checkpoint, spec_in_results_plans)
-from nnunetv2_llm4seg.spec import PRETRAINED_INITS, BoosterSpec
+from nnunetv2_llm4seg.spec import PRETRAINED_INITS, BoosterSpec, describe_differences
 
 SCHEDULE_NAME = re.compile(r"(?P<base>nnUNetTrainer\w*?)_(?P<epochs>\d+)epochs?")
 
@@ -119,6 +119,8 @@ class LLM4SegTrainer(SafeCheckpointTrainer):
             self.num_epochs = self.schedule_epochs
         self.weights_from_checkpoint = False
         self._install(spec)
+        if PLANS_KEY in configuration_dict:
+            self._log_row_overrides(requested_spec(configuration_dict, self.default_preset, {}), spec)
 
     # ---- the spec ----------------------------------------------------------------------------------
     @classmethod
@@ -129,6 +131,14 @@ class LLM4SegTrainer(SafeCheckpointTrainer):
         for klass in reversed(cls.__mro__):
             overrides.update(vars(klass).get("spec_overrides", {}))
         return overrides
+
+    def _log_row_overrides(self, entry: BoosterSpec, spec: BoosterSpec) -> None:
+        """Say which values of the plans entry the row replaced (the row wins: e.g. LoRA rows fix their rank)."""
+        replaced = entry.network_differences(spec)
+        if replaced:
+            self.print_to_log_file(f"LLM4Seg: {type(self).__name__} fixes {', '.join(replaced)}; the plans entry's "
+                                   f"values are not used (plans entry vs trainer): {describe_differences(replaced)}. "
+                                   "Use the plain row (e.g. nnUNetTrainerLLM4Seg) to train the entry as written.")
 
     @property
     def llm4seg_spec(self) -> BoosterSpec:

@@ -1,6 +1,7 @@
-"""Every trainer this package ships, and every llm4seg command that resumes, validates or predicts, reads a
-checkpoint with weights_only=True before nnU-Net unpickles it: a crafted checkpoint is refused and its code never
-runs (nnU-Net's own nnUNetv2_predict* stays trusted-input, as the README says)."""
+"""What our trainers take from files, in process on a tiny planned dataset: every trainer this package ships, and
+every llm4seg command that resumes, validates or predicts, reads a checkpoint with weights_only=True before nnU-Net
+unpickles it (a crafted checkpoint is refused and its code never runs; nnU-Net's own nnUNetv2_predict* stays
+trusted-input, as the README says); a plans entry the row overrides is logged."""
 from __future__ import annotations
 
 import json
@@ -64,14 +65,17 @@ def test_every_shipped_trainer_reads_checkpoints_safely():
     assert all(issubclass(getattr(trainers, name), SafeCheckpointTrainer) for name in trainers.__all__)
 
 
+def make_trainer(folder: Path, trainer_class, plans_changes: dict | None = None):
+    plans = {**json.loads((folder / "nnUNetPlans.json").read_text()), "continue_training": False}
+    plans["configurations"]["2d"].update(plans_changes or {})
+    return trainer_class(plans, "2d", 0, json.loads((folder / "dataset.json").read_text()), device=torch.device("cpu"))
+
+
 def test_cmunext_continue_refuses_a_crafted_checkpoint_before_unpickling(nnunet_env, tmp_path):
     """`nnUNetv2_train D 2d 0 -tr nnUNetTrainerCMUNeXt --c` ends in trainer.load_checkpoint(checkpoint_latest)."""
     from nnunetv2_llm4seg.trainers import nnUNetTrainerCMUNeXt
 
-    folder = nnunet_env / "preprocessed" / DATASET
-    plans = {**json.loads((folder / "nnUNetPlans.json").read_text()), "continue_training": False}
-    trainer = nnUNetTrainerCMUNeXt(plans, "2d", 0, json.loads((folder / "dataset.json").read_text()),
-                                   device=torch.device("cpu"))
+    trainer = make_trainer(nnunet_env / "preprocessed" / DATASET, nnUNetTrainerCMUNeXt)
     marker = tmp_path / "code-ran"
     checkpoint = crafted_checkpoint(Path(trainer.output_folder) / "checkpoint_latest.pth", marker)
     with pytest.raises(CheckpointError, match=r"refused unread.*\(io.open\)"):
@@ -107,3 +111,13 @@ def test_llm4seg_prediction_refuses_a_crafted_checkpoint(nnunet_env, tmp_path):
     with pytest.raises(CheckpointError, match="refused unread"):
         predict_folder(model, 0, nnunet_env / "raw" / DATASET / "imagesTr", tmp_path / "out", "cpu", tmp_path / "log")
     assert not marker.exists()
+
+
+def test_a_lora_rank_of_the_plans_entry_replaced_by_the_row_is_logged(nnunet_env):
+    from nnunetv2_llm4seg.trainers import nnUNetTrainerLLM4SegMiniLMLoRA
+
+    entry = {"llm4seg": {"preset": "minilm-l6", "lora": {"rank": 16, "alpha": 32}}}
+    trainer = make_trainer(nnunet_env / "preprocessed" / DATASET, nnUNetTrainerLLM4SegMiniLMLoRA, entry)
+    assert trainer.llm4seg_spec.lora["rank"] == 8  # the row wins, as documented
+    log = Path(trainer.log_file).read_text()
+    assert "nnUNetTrainerLLM4SegMiniLMLoRA fixes lora" in log and "rank: 16 vs 8" in log
