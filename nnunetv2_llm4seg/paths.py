@@ -31,13 +31,18 @@ def plans_identifier(name: str, what: str) -> str:
     return name
 
 
-def raw_dataset_folder(name: str, raw: Path, what: str) -> Path:
-    """The folder nnUNet_raw/NAME for a dataset folder name (DatasetNNN_Name, no separators: it cannot lie
-    elsewhere); whether it exists is the caller's question."""
+def dataset_name(name: str, what: str) -> str:
+    """`name` if it is a dataset folder name (DatasetNNN_Name, no separators: inside nnU-Net's folders it cannot
+    lie elsewhere)."""
     if not _DATASET_FOLDER.fullmatch(name):
-        raise PathPolicyError(f"{what}: {name!r} is not a dataset of nnUNet_raw ({raw}); name one by its id "
-                              "(5, Dataset005) or its folder name (Dataset005_Name), without folders or '..'.")
-    return raw / name
+        raise PathPolicyError(f"{what}: {name!r} is not a dataset of nnUNet_raw; name one by its id (5, Dataset005) "
+                              "or its folder name (Dataset005_Name), without folders or '..'.")
+    return name
+
+
+def raw_dataset_folder(name: str, raw: Path, what: str) -> Path:
+    """The folder nnUNet_raw/NAME for a dataset folder name; whether it exists is the caller's question."""
+    return raw / dataset_name(name, what)
 
 
 def relative_to_file(value: object, file: Path, what: str) -> Path:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from nnunetv2_llm4seg.errors import LLM4SegError, SpecError
-from nnunetv2_llm4seg.paths import plans_identifier
+from nnunetv2_llm4seg.paths import dataset_name, plans_identifier
 from nnunetv2_llm4seg.presets import load_spec
 from nnunetv2_llm4seg.run_spec import PLANS_KEY
 from nnunetv2_llm4seg.spec import BoosterSpec
@@ -167,12 +167,12 @@ def write_plans_variant(dataset: str, preset: str, name: str | None = None, base
     _check_name(name)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            dataset_name = maybe_convert_to_dataset_name(int(dataset) if dataset.isdigit() else dataset)
+            name_of_dataset = maybe_convert_to_dataset_name(int(dataset) if dataset.isdigit() else dataset)
     except RuntimeError:
         raise PlansVariantError(f"dataset {dataset!r} was not found in nnUNet_raw, nnUNet_preprocessed or "
                                 "nnUNet_results: convert it (llm4seg convert), then plan and preprocess it "
                                 "(nnUNetv2_plan_and_preprocess -d ID).") from None
-    folder = Path(os.environ["nnUNet_preprocessed"]) / dataset_name
+    folder = Path(os.environ["nnUNet_preprocessed"]) / dataset_name(name_of_dataset, f"dataset {dataset!r}")
     base_file = folder / f"{base}.json"
     if not base_file.is_file():
         raise PlansVariantError(f"{base_file} does not exist: run nnUNetv2_plan_and_preprocess -d {dataset} first "

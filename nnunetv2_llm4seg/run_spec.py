@@ -85,10 +85,10 @@ def read_checkpoint(path: str | Path) -> dict:
             "continue from another checkpoint of the fold, or start the fold afresh.") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
         raise CheckpointError(
-            f"{path} cannot be read as an nnU-Net checkpoint ({first_sentence(error)}). It may be truncated (a run killed "
-            f"while saving, a full disk) or not be a checkpoint. Ways out: continue from another checkpoint of the "
-            f"same fold (move {path.name} away; nnU-Net then takes checkpoint_best.pth), or start the fold afresh "
-            "without --c after moving the fold folder away.") from None
+            f"{path} cannot be read as an nnU-Net checkpoint ({first_sentence(error)}). It may be truncated (a run "
+            "killed while saving, a full disk) or not be a checkpoint. Ways out: continue from another checkpoint of "
+            f"the same fold (move {path.name} away; nnU-Net then takes checkpoint_best.pth), or start the fold "
+            "afresh without --c after moving the fold folder away.") from None
     if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
         raise CheckpointError(f"{path} holds no nnU-Net checkpoint (no 'network_weights'); use a checkpoint "
                               "written by nnUNetv2_train.")

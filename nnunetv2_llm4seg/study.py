@@ -32,7 +32,8 @@ import numpy as np
 from nnunetv2_llm4seg.experiments import (CURVES, ExperimentError, Schedule, cpu_friendly_defaults,
                                           plan_and_preprocess, train_fold, training_curves, write_plans_variant)
 from nnunetv2_llm4seg.metrics import METRICS, NNUNET_LABEL, PAPER_LABEL, case_metrics
-from nnunetv2_llm4seg.paths import check_output, claim_output, plans_identifier, relative_to_file
+from nnunetv2_llm4seg.paths import (check_output, claim_output, dataset_name, plans_identifier,
+                                    relative_to_file)
 from nnunetv2_llm4seg.report import (markdown_table, mean_std, plot_differences, plot_per_case, plot_training_curves,
                                      write_csv, write_text)
 
@@ -174,7 +175,8 @@ def _dataset_name(reference: str) -> str:
 
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            return maybe_convert_to_dataset_name(int(reference) if reference.isdigit() else reference)
+            name = maybe_convert_to_dataset_name(int(reference) if reference.isdigit() else reference)
+        return dataset_name(name, f"dataset {reference!r}")
     except RuntimeError:
         raise ExperimentError(f"dataset {reference!r} not found in nnUNet_raw/nnUNet_preprocessed/nnUNet_results "
                               f"(nnUNet_raw={os.environ.get('nnUNet_raw')}): convert it first (llm4seg convert) "

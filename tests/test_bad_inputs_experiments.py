@@ -229,6 +229,9 @@ CASES = {
         users_study_table),
     "study: plans given as a path": case(study_file(plans=RESULTS_PLANS, epochs=1, iterations=1),
                                          ["plans of 640", "is not a plans identifier"], planned),
+    "study: dataset name with '..'": case(study_file(datasets=["Dataset640_Tiny/../../secret"]),
+                                           ["'Dataset640_Tiny/../../secret' is not a dataset of nnUNet_raw"],
+                                           folder_outside_raw),
     # ---- weak cases made one clear line (issue 20) -------------------------------------------------------------
     "study: device tpu": case(study_file(device="tpu"), ["device 'tpu'", "cpu, cuda, mps"], dataset()),
     "study: output a number": case(study_file(output=5), ['"output" must be a path', "got 5"], dataset()),
