@@ -36,7 +36,7 @@ def ablation_study(args: argparse.Namespace, device: str) -> Study:
     return Study(datasets=(entry,), rows=rows, output=args.output.resolve() if args.output else None,
                  baseline=default_baseline(rows), preset=args.preset, epochs=args.epochs, iterations=args.iterations,
                  caps=resolve_caps(_caps(args.caps), device), device=device, seed=args.seed, stem="ablation",
-                 progress=not args.no_progress)
+                 progress=not args.no_progress, command="ablate")
 
 
 def add_ablate_parser(subparsers: argparse._SubParsersAction) -> None:

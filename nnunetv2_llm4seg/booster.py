@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nnunetv2_llm4seg.errors import CheckpointError, SpecConflictError
+from nnunetv2_llm4seg.errors import CheckpointError, SpecConflictError, SpecError
 from nnunetv2_llm4seg.layers import DEFAULT_ATTN_IMPLEMENTATION, build_layer_block
 from nnunetv2_llm4seg.precision import Precision, layer_precision
 from nnunetv2_llm4seg.spec import PRETRAINED_INITS, BoosterSpec, describe_differences
@@ -53,6 +53,14 @@ def add_lora(layer: nn.Module, spec: BoosterSpec) -> None:
     from nnunetv2_llm4seg.spec import lora_targets
 
     options = spec.lora or {}
+    names = [name for name, module in layer.named_modules() if isinstance(module, nn.Linear)]
+    unknown = [target for target in lora_targets(spec)
+               if not any(name == target or name.endswith("." + target) for name in names)]
+    if unknown:
+        linear = sorted({name.rsplit(".", 1)[-1] for name in names})
+        raise SpecError(f"'lora.target_modules' names {', '.join(map(repr, unknown))}, which this {spec.family} "
+                        f"layer does not have; its linear modules are {', '.join(linear)} (or use null for the "
+                        "family's default).")
     config = LoraConfig(r=options.get("rank", 8), lora_alpha=options.get("alpha", 16),
                         lora_dropout=options.get("dropout", 0.0), target_modules=list(lora_targets(spec)),
                         bias="none")

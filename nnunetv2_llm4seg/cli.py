@@ -19,6 +19,17 @@ def _spatial(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def _channels(text: str) -> int:
+    try:
+        channels = int(text)
+    except ValueError:
+        channels = 0
+    if channels < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: the number of channels at the booster's stage must be an "
+                                         "integer >= 1")
+    return channels
+
+
 def _spec_from_args(args: argparse.Namespace):
     from nnunetv2_llm4seg.presets import load_spec
 
@@ -53,9 +64,13 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
+    from nnunetv2_llm4seg.network import check_token_budget
     from nnunetv2_llm4seg.parameters import describe_booster
 
-    report = describe_booster(_spec_from_args(args), args.channels, args.spatial)
+    spec = _spec_from_args(args)
+    if args.spatial:  # the checks training makes at this stage (tokens, learned positions, budget)
+        check_token_budget(spec, args.spatial, [[1] * len(args.spatial)], 0)
+    report = describe_booster(spec, args.channels, args.spatial)
     if args.json:
         print(json.dumps(report))
         return 0
@@ -123,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     describe = commands.add_parser("describe", help="parameter counts of a booster (no download)")
     _add_spec_arguments(describe)
-    describe.add_argument("--channels", type=int, required=True, help="channels at the booster's stage")
+    describe.add_argument("--channels", type=_channels, required=True, help="channels at the booster's stage")
     describe.add_argument("--spatial", type=_spatial, help="feature map size at that stage, e.g. 4x4 or 4x4x4")
     describe.add_argument("--init", choices=("pretrained", "random", "none"))
     state = describe.add_mutually_exclusive_group()

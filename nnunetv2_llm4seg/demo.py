@@ -23,12 +23,12 @@ from nnunetv2_llm4seg.experiments import (ExperimentError, NnUNetFolders, Schedu
                                           evaluate_folder, plan_and_preprocess, predict_folder, train_fold,
                                           training_curves, write_plans_variant)
 from nnunetv2_llm4seg.metrics import METRICS, NNUNET_LABEL, PAPER_LABEL, case_metrics
+from nnunetv2_llm4seg.paths import check_output, claim_output, raw_dataset_folder
 from nnunetv2_llm4seg.report import markdown_table, mean_std, plot_overlays, plot_training_curves, write_text
 
 DEFAULT_TRAINERS = ("nnUNetTrainer", "nnUNetTrainerLLM4SegMiniLM")
 CONFIGURATION = "2d"
 DEMO_PLANS = "nnUNetPlans_llm4seg_demo"
-MARKER = ".llm4seg_demo"  # marks a folder as a demo output: only such folders (or empty ones) are written into
 MIN_IMAGE_SIZE = 32
 MIN_TRAIN_CASES = 5  # nnU-Net's 5-fold split needs one validation case per fold
 
@@ -57,26 +57,6 @@ class DemoData:
     dataset: str
     test_images: Path
     test_labels: Path
-
-
-def _check_output(folder: Path) -> None:
-    """An empty or new folder, or a previous demo output (its marker file); never a user's other folder."""
-    if folder.exists() and not folder.is_dir():
-        raise ExperimentError(f"cannot write to the output folder {folder} (a file of that name exists); "
-                              "choose another one with --output.")
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / MARKER).is_file():
-        raise ExperimentError(f"the output folder {folder} is not empty and is not a previous llm4seg demo output "
-                              f"(no {MARKER} file): choose a new or empty folder with --output.")
-
-
-def _claim_output(folder: Path) -> None:
-    """Create the output folder and its marker (the first thing the demo writes)."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / MARKER).write_text("written by llm4seg demo: the demo may write into this folder again\n")
-    except OSError as error:
-        raise ExperimentError(f"cannot write to the output folder {folder} ({error.strerror}); "
-                              "choose another one with --output.") from None
 
 
 def _positive(value: int, option: str, minimum: int) -> None:
@@ -110,7 +90,7 @@ def validate(options: DemoOptions, user_raw: Path) -> None:
     if repeated:
         raise ExperimentError(f"--trainers: {', '.join(repeated)} given twice; name each trainer once.")
     check_trainers(options.trainers, "--trainers")
-    _check_output(options.output)
+    check_output(options.output, "demo", "--output")
 
 
 def _case_ids(labels: Path, ending: str) -> list[str]:
@@ -200,7 +180,8 @@ def _find_nnunet_dataset(name: str, raw: Path) -> Path:
     if number:
         matches = sorted(raw.glob(f"Dataset{int(number.group(1)):03d}_*"))
     else:
-        matches = [raw / name] if (raw / name).is_dir() else []
+        folder = raw_dataset_folder(name, raw, f"--data nnunet:{name}")
+        matches = [folder] if folder.is_dir() else []
     if not matches:
         raise ExperimentError(f"--data nnunet:{name}: no such dataset in {raw} (set nnUNet_raw to the folder that "
                               "holds it).")
@@ -211,7 +192,12 @@ def _copy_nnunet_dataset(name: str, raw: Path, folders: NnUNetFolders, dataset_i
     """Copy a user's raw dataset (read only) to a new id; its own folder stays untouched."""
     source = _find_nnunet_dataset(name, raw)
     target = folders.raw / f"Dataset{dataset_id:03d}_LLM4SegDemo_{source.name[11:]}"
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("imagesTs", "labelsTs", "splits_final.json"))
+    try:
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns("imagesTs", "labelsTs", "splits_final.json"))
+    except (OSError, shutil.Error) as error:
+        shutil.rmtree(target, ignore_errors=True)  # the demo's own copy (a free id): nothing half-copied stays
+        raise ExperimentError(f"--data nnunet:{name}: cannot copy {source} ({str(error)[:200]}); check that the "
+                              "dataset is readable and that there is space for a copy.") from None
     return target
 
 
@@ -246,7 +232,7 @@ def run_demo(options: DemoOptions) -> str:
     folders = NnUNetFolders.choose(options.output)
     user_raw = Path(os.environ.get("nnUNet_raw") or folders.raw)  # where nnunet:DatasetNNN is looked up
     validate(options, user_raw)
-    _claim_output(options.output)
+    claim_output(options.output, "demo", "--output")
     folders.activate()
     log = options.output / "nnunet.log"
     steps = tqdm(total=2 + 2 * len(options.trainers), desc="llm4seg demo", unit="step", disable=not options.progress,

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 from nnunetv2_llm4seg.errors import LLM4SegError
 from nnunetv2_llm4seg.parameters import trainable_and_frozen
 from nnunetv2_llm4seg.plans_variants import plans_variant
+from nnunetv2_llm4seg.run_spec import check_plans_of_checkpoint, read_checkpoint
 
 PATH_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 
@@ -91,8 +92,13 @@ def write_plans_variant(dataset_folder: Path, base: str, name: str, configuratio
                         caps: tuple[int, int, int] | None = None, llm4seg_entry: Any = None) -> str:
     """Write plans `name` (own results folders): plans `base` with caps and/or an llm4seg plans entry."""
     plans = json.loads((dataset_folder / f"{base}.json").read_text())
-    variant = plans_variant(plans, name, llm4seg_entry, [configuration], caps=caps)
-    (dataset_folder / f"{name}.json").write_text(json.dumps(variant, indent=2))
+    text = json.dumps(plans_variant(plans, name, llm4seg_entry, [configuration], caps=caps), indent=2)
+    target = dataset_folder / f"{name}.json"
+    if target.is_file() and target.read_text() != text:
+        raise ExperimentError(f"{target} already exists with other content (models trained with it depend on it; "
+                              "was the preset's spec file or the base plans changed?). Nothing was changed: restore "
+                              "what it was written from, or move it and its results folders away.")
+    target.write_text(text)
     return name
 
 
@@ -187,8 +193,10 @@ def train_fold(dataset: str, configuration: str, fold: int, trainer_name: str, p
     trainer.num_iterations_per_epoch = schedule.iterations
     trainer.num_val_iterations_per_epoch = schedule.val_iterations
     if final.is_file() or latest.is_file():  # validate a finished fold, or continue an interrupted one
+        checkpoint = final if final.is_file() else latest
+        read_checkpoint(checkpoint)  # any trainer (nnU-Net's own too) unpickles it only after this safe read
         with quiet(log_file):
-            trainer.load_checkpoint(str(final if final.is_file() else latest))
+            trainer.load_checkpoint(str(checkpoint))
     bar = tqdm(total=schedule.epochs, initial=min(trainer.current_epoch, schedule.epochs),
                desc=f"{trainer_name} fold {fold}", unit="epoch", disable=not progress)
     end_of_epoch = trainer.on_epoch_end
@@ -223,8 +231,6 @@ CURVES = ("train_losses", "val_losses", "mean_fg_dice", "ema_fg_dice")
 
 def training_curves(fold_folder: Path) -> dict[str, list[float]]:
     """Per-epoch train loss, validation loss, pseudo Dice and its EMA from nnU-Net's checkpoint log."""
-    from nnunetv2_llm4seg.run_spec import read_checkpoint
-
     log = read_checkpoint(fold_folder / "checkpoint_final.pth")["logging"]
     return {key: [float(v) for v in log[key]] for key in CURVES}
 
@@ -234,6 +240,8 @@ def predict_folder(model_folder: Path, fold: int, images: Path, output: Path, de
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+    checkpoint = model_folder / f"fold_{fold}" / "checkpoint_final.pth"
+    check_plans_of_checkpoint(read_checkpoint(checkpoint), model_folder / "plans.json", str(checkpoint))
     with quiet(log_file):
         predictor = nnUNetPredictor(device=torch.device(device), verbose=False, allow_tqdm=False)
         predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=(fold,))

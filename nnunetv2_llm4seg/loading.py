@@ -20,7 +20,8 @@ from safetensors import SafetensorError, safe_open
 
 from nnunetv2_llm4seg.errors import CheckpointError, SpecError
 from nnunetv2_llm4seg.families import get_family
-from nnunetv2_llm4seg.sources import HubRepo, LocalFolder, check_file_name, open_source, read_json
+from nnunetv2_llm4seg.sources import (HubRepo, LocalFolder, check_file_name, first_sentence, open_source, read_json,
+                                      refused_global)
 from nnunetv2_llm4seg.spec import BoosterSpec
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -134,9 +135,13 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
     """PyTorch weights (only after the user opted in), with weights_only=True: no arbitrary objects."""
     try:
         state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as error:
-        raise CheckpointError(f"{path} cannot be read as PyTorch weights ({error}); re-download it, or convert "
-                              "it to safetensors.") from None
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(f"{path} was refused unread: it holds pickled Python objects besides tensors "
+                              f"({refused_global(error)}), and unpickling them could run code. Use the model's "
+                              "safetensors files from a source you trust.") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as error:
+        raise CheckpointError(f"{path} cannot be read as PyTorch weights ({first_sentence(error)}); re-download "
+                              "it, or convert it to safetensors.") from None
     if not isinstance(state, dict) or not all(isinstance(name, str) for name in state):
         raise CheckpointError(f"{path} does not hold a state dict ({{tensor name: tensor}}); re-download it, or "
                               "convert it to safetensors.")

@@ -9,14 +9,19 @@ base plans' preprocessed data (same data identifiers): nothing is preprocessed a
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from nnunetv2_llm4seg.errors import LLM4SegError
+from nnunetv2_llm4seg.errors import LLM4SegError, SpecError
+from nnunetv2_llm4seg.paths import dataset_name, plans_identifier
+from nnunetv2_llm4seg.presets import load_spec
 from nnunetv2_llm4seg.run_spec import PLANS_KEY
+from nnunetv2_llm4seg.spec import BoosterSpec
 
 # The U-Net of the paper (and of the official code): 5 levels, 64-128-256-512-1024 channels.
 PAPER_UNET_FEATURES = (64, 128, 256, 512, 1024)
@@ -110,13 +115,40 @@ def plans_variant(plans: dict[str, Any], name: str, entry: Any, configurations: 
 def spec_entry(preset: str, source: str | None, stage: int | None) -> Any:
     """The llm4seg entry for a preset name or spec JSON file, with the options applied, validated now (a spec
     file is stored whole, so the file can go)."""
-    from nnunetv2_llm4seg.presets import load_spec, preset_names
+    from nnunetv2_llm4seg.presets import preset_names
 
     changes = {key: value for key, value in (("source", source), ("stage", stage)) if value is not None}
     spec = load_spec(preset, where="--preset").replace(**changes)  # validates the combination now
+    if source is not None:
+        check_source(spec)
     if preset in preset_names():
         return {"preset": preset, **changes} if changes else preset
     return spec.replace(provenance=None).to_dict()
+
+
+def check_source(spec: BoosterSpec) -> None:
+    """A local --source must exist and hold the model the spec describes (config.json only: nothing is loaded);
+    a hub id is checked when the weights are fetched."""
+    from nnunetv2_llm4seg.loading import check_config_agrees, read_source_config
+    from nnunetv2_llm4seg.sources import LocalFolder, open_source
+
+    source = open_source(spec.weights.source)
+    if isinstance(source, LocalFolder):
+        check_config_agrees(spec, read_source_config(source), source.label)
+
+
+def check_stages(spec: BoosterSpec, plans: dict[str, Any], configurations: Sequence[str]) -> None:
+    """The entry's stage exists in each configuration's U-Net (or in CMUNeXt's five stages)."""
+    from nnunetv2_llm4seg.cmunext import DEFAULT_DIMS
+    from nnunetv2_llm4seg.network import booster_stage_index
+
+    for configuration in configurations:
+        arch = plans["configurations"][configuration].get("architecture", {}).get("arch_kwargs", {})
+        stages = max(len(arch.get("features_per_stage", ())), len(DEFAULT_DIMS))
+        try:
+            booster_stage_index(spec, stages)
+        except SpecError as error:
+            raise PlansVariantError(f"--stage: configuration {configuration!r}: {error}") from None
 
 
 def write_plans_variant(dataset: str, preset: str, name: str | None = None, base: str = "nnUNetPlans",
@@ -128,23 +160,27 @@ def write_plans_variant(dataset: str, preset: str, name: str | None = None, base
 
     if not os.environ.get("nnUNet_preprocessed"):
         raise PlansVariantError("nnUNet_preprocessed is not set: export nnU-Net's path variables first.")
+    plans_identifier(base, "-pl")
     entry = spec_entry(preset, source, stage)
-    name = name or "llm4seg-" + re.sub(r"[^A-Za-z0-9.-]+", "-", Path(preset).stem if preset.endswith(".json")
-                                       else preset)
+    if name is None:
+        name = "llm4seg-" + re.sub(r"[^A-Za-z0-9.-]+", "-", Path(preset).stem if preset.endswith(".json") else preset)
     _check_name(name)
     try:
-        dataset_name = maybe_convert_to_dataset_name(int(dataset) if dataset.isdigit() else dataset)
-    except RuntimeError as error:
-        raise PlansVariantError(f"dataset {dataset!r} was not found ({error}); plan and preprocess it first "
+        with contextlib.redirect_stdout(io.StringIO()):
+            name_of_dataset = maybe_convert_to_dataset_name(int(dataset) if dataset.isdigit() else dataset)
+    except RuntimeError:
+        raise PlansVariantError(f"dataset {dataset!r} was not found in nnUNet_raw, nnUNet_preprocessed or "
+                                "nnUNet_results: convert it (llm4seg convert), then plan and preprocess it "
                                 "(nnUNetv2_plan_and_preprocess -d ID).") from None
-    folder = Path(os.environ["nnUNet_preprocessed"]) / dataset_name
+    folder = Path(os.environ["nnUNet_preprocessed"]) / dataset_name(name_of_dataset, f"dataset {dataset!r}")
     base_file = folder / f"{base}.json"
     if not base_file.is_file():
         raise PlansVariantError(f"{base_file} does not exist: run nnUNetv2_plan_and_preprocess -d {dataset} first "
                                 "(or name existing plans with -pl).")
     plans = json.loads(base_file.read_text())
-    variant = plans_variant(plans, f"{base}_{name}", entry, list(configurations or plans["configurations"]),
-                            unet_features)
+    configurations = list(configurations or plans["configurations"])
+    variant = plans_variant(plans, f"{base}_{name}", entry, configurations, unet_features)
+    check_stages(load_spec(entry, where="--preset"), variant, configurations)
     target = folder / f"{base}_{name}.json"
     text = json.dumps(variant, indent=2) + "\n"
     if target.exists() and target.read_text() != text and not force:

@@ -19,6 +19,7 @@ import torch
 
 from nnunetv2_llm4seg.errors import CheckpointError, SpecConflictError, SpecError
 from nnunetv2_llm4seg.presets import load_preset, load_spec
+from nnunetv2_llm4seg.sources import first_sentence, refused_global
 from nnunetv2_llm4seg.spec import BoosterSpec, describe_differences
 
 PLANS_KEY = "llm4seg"
@@ -76,13 +77,18 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         with torch.serialization.safe_globals(allowed):
             checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    except pickle.UnpicklingError as error:
         raise CheckpointError(
-            f"{path} cannot be read as an nnU-Net checkpoint ({reason[:200]}). It may be truncated (a run killed "
-            f"while saving, a full disk) or not be a checkpoint. Ways out: continue from another checkpoint of the "
-            f"same fold (move {path.name} away; nnU-Net then takes checkpoint_best.pth), or start the fold afresh "
-            "without --c after moving the fold folder away.") from None
+            f"{path} was refused unread: it holds pickled Python objects besides tensors and plain values "
+            f"({refused_global(error)}), and unpickling them could run "
+            "code. Use a checkpoint written by nnUNetv2_train from a run you trust; move this one away and "
+            "continue from another checkpoint of the fold, or start the fold afresh.") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+        raise CheckpointError(
+            f"{path} cannot be read as an nnU-Net checkpoint ({first_sentence(error)}). It may be truncated (a run "
+            "killed while saving, a full disk) or not be a checkpoint. Ways out: continue from another checkpoint of "
+            f"the same fold (move {path.name} away; nnU-Net then takes checkpoint_best.pth), or start the fold "
+            "afresh without --c after moving the fold folder away.") from None
     if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
         raise CheckpointError(f"{path} holds no nnU-Net checkpoint (no 'network_weights'); use a checkpoint "
                               "written by nnUNetv2_train.")
@@ -109,6 +115,21 @@ def spec_in_results_plans(plans_file: str | Path, configuration_name: str) -> Bo
     configuration = PlansManager(str(plans_file)).get_configuration(configuration_name).configuration
     entry = configuration.get(PLANS_KEY)
     return None if entry is None else load_spec(entry, where=str(plans_file))
+
+
+def check_plans_of_checkpoint(checkpoint: dict, plans_file: Path, where: str) -> None:
+    """A model folder's plans.json must still describe the network its checkpoint was trained with (the run's
+    plans in init_args): checkpoints without the booster's network_spec buffer are otherwise checked by shape
+    only, and a hand-edited llm4seg entry (attention, positions, ...) would change the network silently."""
+    configuration = checkpoint.get("init_args", {}).get("configuration")
+    stored = spec_in_checkpoint(checkpoint, configuration) if isinstance(configuration, str) else None
+    current = spec_in_results_plans(plans_file, configuration) if stored is not None else None
+    diff = current.network_differences(stored) if current is not None else {}
+    if diff:
+        raise SpecConflictError(
+            f"{plans_file} describes another LLM4Seg network than {where} was trained with (plans.json vs "
+            f"checkpoint: {describe_differences(diff)}). Nothing was predicted. Restore the llm4seg entry of "
+            "plans.json as it was at training (the checkpoint's init_args hold it).")
 
 
 def check_resume(requested: BoosterSpec, stored: BoosterSpec, where: str) -> None:

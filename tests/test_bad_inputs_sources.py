@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from badinputs import check_bad_input, cli_case, raises_case, small_spec_dict, spec_file
+from badinputs import (BadInput, check_bad_input, cli_case, one_line, raises_case, run_llm4seg, small_spec_dict,
+                        spec_file)
 from safetensors.torch import load_file, save_file
 
 from nnunetv2_llm4seg.presets import load_preset
@@ -166,6 +167,36 @@ def sparse(t: Path) -> Path:
 
 OUTSIDE = ["points outside the model folder"]
 
+class TruncatesFile:
+    """A pickle payload: unpickling it without weights_only empties the file `path`."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+def pickle_payload(tmp_path: Path, small_model: Path) -> None:
+    model = model_copy(tmp_path, small_model)
+    (model / "model.safetensors").unlink()
+    torch.save({LAYER_WEIGHT: TruncatesFile(tmp_path / "existing" / "keep.txt")}, model / "pytorch_model.bin")
+
+
+def package_with_side_effects(tmp_path: Path, small_model: Path) -> None:
+    """An installed package whose __init__ would change a file next to it if it ran."""
+    package = tmp_path / "site" / "sideeffects"
+    package.mkdir(parents=True)
+    (package / "victim.txt").write_text("unchanged")
+    (package / "__init__.py").write_text("from pathlib import Path\n"
+                                         "(Path(__file__).parent / 'victim.txt').write_text('changed')\n")
+
+
+def fetch_from_package_on_path(tmp_path, small_model, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    return run_llm4seg(["fetch", "--preset", "minilm-l6", "--source", "package:sideeffects"], capsys)
+
+
 CASES = {
     # ---- index file names must stay inside the model folder -------------------------------------------------
     "index names a sibling folder": cli_case(fetch_model("model"), OUTSIDE + ["'../other/model.safetensors'"],
@@ -271,6 +302,11 @@ CASES = {
     "package source that is no package name": cli_case(fetch_source("package:../evil"),
                                                        ["'../evil'", "does not name a Python package"]),
     "empty source": raises_case(open_source_of("  "), ["the source is empty"]),
+    "package source is located without importing it": one_line(BadInput(
+        fetch_from_package_on_path, ("package 'sideeffects' has no model folder",), package_with_side_effects)),
+    "pickle payload with allow_pickle": one_line(cli_case(
+        fetch_model("model", allow_pickle=True), ["pytorch_model.bin was refused unread", "could run code"],
+        pickle_payload)),
     # ---- size ------------------------------------------------------------------------------------------------------
     "layer larger than the machine's memory": raises_case(
         huge_layer, ["needs 28.0 GiB in float32", "this machine has 23.4 GiB", "config.hidden_size (16384)"]),

@@ -400,6 +400,24 @@ def test_all_empty_masks_refused_and_empty_ones_counted(tmp_path):
         converters.convert("kvasir", source, 21, tmp_path / "raw")
 
 
+def test_an_inverted_mask_is_converted_with_a_warning(tmp_path):
+    """Background 255 and lesion 0: the darker level is taken as background, so the label is mostly lesion;
+    the conversion says so and how to fix it."""
+    source = _kvasir(tmp_path / "kvasir")
+    _save(source / "masks" / "b.png", 255 - _box())
+    done = converters.convert("kvasir", source, 20, tmp_path / "raw")
+    assert any(note.startswith("warning: 1 mask(s) are more than 50% lesion (b)") and "invert them" in note
+               for note in done.notes), done.notes
+
+
+def test_a_killed_conversions_partial_folder_is_removed_by_the_next_conversion(tmp_path):
+    source = _kvasir(tmp_path / "kvasir")
+    left_behind = tmp_path / "raw" / ".Dataset020_KvasirSEG.0badf00d.partial"
+    (left_behind / "imagesTr").mkdir(parents=True)
+    converters.convert("kvasir", source, 20, tmp_path / "raw")
+    assert not left_behind.exists() and (tmp_path / "raw" / "Dataset020_KvasirSEG" / "dataset.json").is_file()
+
+
 def test_image_colour_detection(tmp_path):
     gray_as_rgb = _save(tmp_path / "g.jpg", np.repeat(_gray(0)[..., None], 3, -1), quality=85)
     colour = _save(tmp_path / "c.png", _colour(0))

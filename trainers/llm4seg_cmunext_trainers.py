@@ -27,12 +27,11 @@ from typing import ClassVar
 
 import torch
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunetv2_llm4seg.cmunext import CMUNeXt, deep_supervision_scales
-from nnunetv2_llm4seg.trainer import (PAPER_COMPUTATION, AdaptersOnly, Gated, LLM4SegTrainer, LoRA, PaperRandomInit, RandomInit,
-                                      Unfrozen, trainable_parameters)
+from nnunetv2_llm4seg.trainer import (PAPER_COMPUTATION, AdaptersOnly, Gated, LLM4SegTrainer, LoRA, PaperRandomInit,
+                                      RandomInit, SafeCheckpointTrainer, Unfrozen, trainable_parameters)
 
 CMUNEXT_MOMENTUM = 0.9
 CMUNEXT_WEIGHT_DECAY = 1e-4
@@ -69,7 +68,7 @@ class CMUNeXtTraining:
         return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
 
 
-class nnUNetTrainerCMUNeXt(CMUNeXtTraining, nnUNetTrainer):
+class nnUNetTrainerCMUNeXt(CMUNeXtTraining, SafeCheckpointTrainer):
     """CMUNeXt alone: the baseline of the paper's CMUNeXt rows."""
 
     schedule_epochs: ClassVar[int | None] = None

@@ -9,7 +9,8 @@ from pathlib import Path
 from nnunetv2_llm4seg.converters import btcv, busbra, busi, isic2018, kvasir, tn3k, tnscui
 from nnunetv2_llm4seg.converters.folds import patient_splits
 from nnunetv2_llm4seg.converters.layout import Case, ConversionError, DatasetKind, LayoutError, listing
-from nnunetv2_llm4seg.converters.output import (ImagePlan, check_target, dataset_folder_name, write_atomically)
+from nnunetv2_llm4seg.converters.output import (ImagePlan, check_target, dataset_folder_name, remove_partial_folders,
+                                                write_atomically)
 from nnunetv2_llm4seg.converters.pixels import image_size, inspect_image, read_label
 
 MIN_SIDE = 16
@@ -105,10 +106,15 @@ def _selected(kind: DatasetKind, cases: list[Case], include_normal: bool) -> tup
     return kept, note
 
 
+MOSTLY_LESION = 0.5  # masks with more lesion than this are reported: perhaps a dark lesion on a light background
+
+
 def _image_plan(cases: list[Case], source: Path, max_side: int | None) -> tuple[ImagePlan, list[str]]:
     """Decode every image and mask once: colour or not, depth, empty masks; refuses what cannot be kept."""
     facts = {case: inspect_image(case.image) for case in cases}
-    empty = [case.case_id for case in cases if not read_label(case.masks).any()]
+    lesion = {case.case_id: float(read_label(case.masks).mean()) for case in cases}
+    empty = [case_id for case_id, fraction in lesion.items() if fraction == 0]
+    mostly_lesion = [case_id for case_id, fraction in lesion.items() if fraction > MOSTLY_LESION]
     colour = [case.image.name for case in cases if facts[case].colour]
     deep = [case.image.name for case in cases if facts[case].high_depth]
     if colour and deep:
@@ -120,6 +126,10 @@ def _image_plan(cases: list[Case], source: Path, max_side: int | None) -> tuple[
                               f"as lesion above 127): check that the masks folder holds the lesion masks")
     wide = any(fact.wide for fact in facts.values())
     notes = [f"{len(empty)} of {len(cases)} masks empty (no lesion)"]
+    if mostly_lesion:
+        notes.append(f"warning: {len(mostly_lesion)} mask(s) are more than {MOSTLY_LESION:.0%} lesion "
+                     f"({listing(mostly_lesion, 3)}): if they show the lesion dark on a light background, invert "
+                     "them (lesion light, background 0) and convert again with --force")
     if wide:
         notes.append("float or 32-bit images kept as TIFF (.tif), values unchanged")
     elif deep:
@@ -162,6 +172,7 @@ def convert(kind_name: str, source: Path, dataset_id: int, raw_folder: Path, nam
     plan, image_notes = (None, []) if kind.volumes else _image_plan(cases, source, max_side)
     splits = patient_splits(cases)
     check_target(target, splits, force)
+    remove_partial_folders(target)
     write_atomically(kind, name, cases, plan, splits, target)
     channels = ("R", "G", "B") if plan and plan.colour else (kind.channel,)
     return Conversion(target, sum(not case.test for case in cases), sum(case.test for case in cases), channels,

@@ -103,7 +103,14 @@ def case_id(path: Path) -> str:
 
 def pair(images: Iterable[Path], masks: dict[str, list[Path]], test: bool = False,
          category: str | None = None) -> list[Case]:
-    """One case per image with its mask files; refuses images without a mask, naming them."""
+    """One case per image with its mask files; refuses images without a mask and masks without an image, naming
+    them."""
+    images = list(images)
+    image_stems = {stem(image) for image in images}
+    orphans = sorted(path.name for key, paths in masks.items() if key not in image_stems for path in paths)
+    if orphans:
+        raise ConversionError(f"{len(orphans)} mask(s) have no image: {listing(orphans)}; add their images or "
+                              "remove these masks from the download's mask folder")
     cases, missing = [], []
     for image in images:
         if masks.get(stem(image)):

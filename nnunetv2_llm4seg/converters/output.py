@@ -180,6 +180,13 @@ def _swap(new: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def remove_partial_folders(target: Path) -> None:
+    """Remove the hidden folders that killed conversions into `target` left behind (write_atomically names them
+    .NAME.<id>.partial; nothing else matches)."""
+    for partial in target.parent.glob(f".{target.name}.*.partial") if target.parent.is_dir() else ():
+        shutil.rmtree(partial, ignore_errors=True)
+
+
 def write_atomically(kind: DatasetKind, name: str, cases: list[Case], plan: ImagePlan | None, splits: list | None,
                      target: Path) -> None:
     """Write the dataset into a hidden folder next to `target`, then swap it into place; any error removes the
