@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from nnunetv2_llm4seg.errors import LLM4SegError
+from nnunetv2_llm4seg.paths import dataset_name, plans_identifier
 
 WARMUP_STEPS = 2  # compile (and cudnn autotuning) happen here, outside the timed steps
 SLOW_RATIO = 1.25  # a booster step this much slower than the baseline's is worth a warning
@@ -81,17 +82,14 @@ def resolve_dataset(reference: str) -> tuple[str, Path]:
     except RuntimeError:
         raise CheckError(f"dataset {reference!r} was not found in nnUNet_raw/nnUNet_preprocessed; give its id or "
                          "DatasetXXX_Name as for nnUNetv2_train, after nnUNetv2_plan_and_preprocess.") from None
-    folder = Path(root) / name
+    folder = Path(root) / dataset_name(name, "dataset")
     if not folder.is_dir():
         raise CheckError(f"{folder} does not exist: run nnUNetv2_plan_and_preprocess -d {reference} first.")
     return name, folder
 
 
 def read_plans(folder: Path, plans: str, configuration: str) -> dict[str, Any]:
-    if not plans or os.sep in plans or "/" in plans or plans.startswith("."):
-        raise CheckError(f"-p {plans!r} is not a plans identifier: give a name like nnUNetPlans or "
-                         "nnUNetPlans_NAME (the file name in the dataset's nnUNet_preprocessed folder, no .json).")
-    plans_file = folder / f"{plans}.json"
+    plans_file = folder / f"{plans_identifier(plans, '-p')}.json"
     if not plans_file.is_file():
         available = sorted(p.stem for p in folder.glob("*.json") if p.stem not in ("dataset", "dataset_fingerprint"))
         raise CheckError(f"{plans_file} does not exist; plans in this dataset: {', '.join(available) or 'none'}.")

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Top to bottom; a module may import modules of lower layers only.
 LAYERS = (
     ("cli",),
-    ("ablate", "demo"),
+    ("ablate", "demo", "preflight"),
     ("study", "converters"),
     ("experiments",),
     ("plans_variants",),
@@ -24,7 +24,7 @@ LAYERS = (
     ("loading",),
     ("layers",),
     ("spec",),
-    ("families", "sources", "cmunext", "metrics", "report", "synthetic", "_ext_trainer_hook"),
+    ("families", "sources", "cmunext", "metrics", "report", "synthetic", "paths", "precision", "_ext_trainer_hook"),
     ("errors",),
 )
 RANK = {name: len(LAYERS) - index for index, layer in enumerate(LAYERS) for name in layer}
