@@ -9,10 +9,16 @@ Wilcoxon signed-rank test and a plain-words verdict. `llm4seg ablate` is a study
 
 A STUDY.json (paths relative to the file; only "datasets" and "rows" are required):
 
-    {"datasets": ["Dataset120_KvasirSEG", {"dataset": "121", "folds": [0, 1, 2]}],
+    {"datasets": ["Dataset120_KvasirSEG", {"dataset": "121", "folds": [0, 1, 2]},
+                  {"dataset": "501", "split": {"by": "device", "train": ["GE Logiq 7 @10-14MHz"]}}],
      "rows": ["stock", "frozen", "nnUNetTrainerCMUNeXt"], "baseline": "stock", "preset": "minilm-l6",
      "configuration": "2d", "folds": [0, 1, 2, 3, 4], "epochs": 50, "iterations": 250, "caps": "auto",
-     "device": "cuda", "seed": 0, "plans": "nnUNetPlans", "output": "study_results"}
+     "device": "cuda", "seeds": [0, 1, 2], "plans": "nnUNetPlans", "output": "study_results"}
+
+"seeds": one training run per fold and seed (default: [seed], seed defaulting to 0); seed 0 trains into nnU-Net's
+usual results folder TRAINER__PLANS__CONFIGURATION, seed s > 0 into a plans copy named PLANS_seed{s}, so every
+run has its own folder. A dataset entry's "split" replaces its folds by one held-out split (see held_out.py):
+train on the cases whose case_metadata.csv column has the given values, validate on the rest.
 """
 from __future__ import annotations
 
@@ -29,8 +35,10 @@ from typing import Any
 
 import numpy as np
 
+from nnunetv2_llm4seg.case_metadata import read_case_metadata
 from nnunetv2_llm4seg.experiments import (CURVES, ExperimentError, Schedule, cpu_friendly_defaults,
                                           plan_and_preprocess, train_fold, training_curves, write_plans_variant)
+from nnunetv2_llm4seg.held_out import HeldOutSplit, held_out_fold, parse_split, write_held_out_fold
 from nnunetv2_llm4seg.metrics import METRICS, NNUNET_LABEL, PAPER_LABEL, case_metrics
 from nnunetv2_llm4seg.report import (markdown_table, mean_std, plot_differences, plot_per_case, plot_training_curves,
                                      write_csv, write_text)
@@ -66,8 +74,8 @@ STANDARD_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres"
 IMAGE_2D_ENDINGS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
 ALPHA = 0.05
 KEYS = {"datasets", "rows", "baseline", "preset", "configuration", "folds", "epochs", "iterations", "caps",
-        "device", "seed", "plans", "output"}
-DATASET_KEYS = {"dataset", "configuration", "folds", "plans"}
+        "device", "seed", "seeds", "plans", "output"}
+DATASET_KEYS = {"dataset", "configuration", "folds", "plans", "split"}
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,7 @@ class DatasetEntry:
     configuration: str = "2d"
     folds: tuple[int, ...] = (0,)
     plans: str = "nnUNetPlans"
+    split: HeldOutSplit | None = None  # set: one held-out fold (its index is resolved at run time) replaces folds
 
 
 @dataclass(frozen=True)
@@ -89,9 +98,14 @@ class Study:
     iterations: int = 250
     caps: tuple[int, int, int] | None = None
     device: str = "cuda"
-    seed: int = 0
+    seed: int = 0  # the bootstrap's seed, and the only training seed when `seeds` is empty
+    seeds: tuple[int, ...] = ()
     stem: str = "study"
     progress: bool = True
+
+    @property
+    def training_seeds(self) -> tuple[int, ...]:
+        return self.seeds or (self.seed,)
 
 
 @dataclass
@@ -99,9 +113,9 @@ class RowResult:
     dataset: str
     row: str
     trainer: str
-    cases: dict[str, dict[str, float]] = field(default_factory=dict)
-    fold_dice: list[float] = field(default_factory=list)
-    curves: dict[int, dict[str, list[float]]] = field(default_factory=dict)  # fold -> per-epoch values
+    cases: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)  # (seed, case) -> fold, metadata, metrics
+    fold_dice: list[float] = field(default_factory=list)  # one value per run (fold x seed): its mean case Dice
+    curves: dict[tuple[int, int], dict[str, list[float]]] = field(default_factory=dict)  # (fold, seed) -> per epoch
     trainable_params: int = 0
     frozen_params: int = 0
     seconds: float = 0.0
@@ -194,18 +208,21 @@ def _available_folds(dataset: str) -> tuple[str, int]:
 
 
 def check_dataset(entry: DatasetEntry) -> str:
-    """The dataset's name after checking its folds, configuration and plans; nothing is written."""
+    """The dataset's name after checking its folds (or held-out split), configuration and plans; nothing is
+    written."""
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
 
     dataset = _dataset_name(entry.reference)
-    if not entry.folds:
+    if entry.split is not None:
+        held_out_fold(entry.split, Path(str(nnUNet_raw)) / dataset, Path(str(nnUNet_preprocessed)) / dataset)
+    elif not entry.folds:
         raise ExperimentError(f"{dataset}: no folds given.")
     for fold in entry.folds:
         _positive(fold, f"{dataset}: fold", minimum=0)
     if len(set(entry.folds)) != len(entry.folds):
         raise ExperimentError(f"{dataset}: folds {list(entry.folds)} repeat a fold; name each fold once.")
     source, count = _available_folds(dataset)
-    missing = [fold for fold in entry.folds if fold >= count]
+    missing = [fold for fold in entry.folds if fold >= count and entry.split is None]
     if missing:
         raise ExperimentError(f"{dataset}: fold(s) {', '.join(map(str, missing))} do not exist in {source}, which "
                               f"has folds 0-{count - 1}; nnU-Net would silently train on a random 80:20 split "
@@ -241,12 +258,13 @@ def _plans_entry(preset: str) -> Any:
     return preset if spec.name == preset else spec.to_dict()
 
 
-def plans_name(study: Study, plans: str) -> str:
-    """One plans copy per preset, schedule and caps, so results of different settings never mix."""
+def plans_name(study: Study, plans: str, seed: int = 0) -> str:
+    """One plans copy per preset, schedule, caps and training seed (seed 0 unmarked), so results of different
+    settings never mix."""
     preset = re.sub(r"[^A-Za-z0-9.-]+", "-", Path(study.preset).stem if study.preset.endswith(".json")
                     else study.preset)
     caps = f"_cap{'-'.join(map(str, study.caps))}" if study.caps else ""
-    return f"{plans}_llm4seg-{preset}_{study.epochs}x{study.iterations}{caps}"
+    return f"{plans}_llm4seg-{preset}_{study.epochs}x{study.iterations}{caps}{f'_seed{seed}' if seed else ''}"
 
 
 def validate(study: Study) -> tuple[list[str], Any]:
@@ -254,6 +272,10 @@ def validate(study: Study) -> tuple[list[str], Any]:
     _positive(study.epochs, "epochs")
     _positive(study.iterations, "iterations (training iterations per epoch)")
     _positive(study.seed, "seed", minimum=0)
+    for seed in study.seeds:
+        _positive(seed, "seeds: each seed", minimum=0)
+    if len(set(study.seeds)) != len(study.seeds):
+        raise ExperimentError(f"seeds {list(study.seeds)} repeat a seed; name each seed once.")
     if study.caps is not None:
         resolve_caps(list(study.caps), study.device)
     if not study.datasets:
@@ -285,24 +307,44 @@ def _ensure_preprocessed(dataset: str, entry: DatasetEntry, log: Path) -> None:
                               f"{entry.plans} -c {entry.configuration}.")
 
 
-def run_row(study: Study, dataset: str, entry: DatasetEntry, plans: str, row: str, log: Path) -> RowResult:
-    """Train (or reuse) every fold of one row and collect both protocols' per-case metrics."""
+def _check_run_seed(fold_folder: Path, seed: int) -> None:
+    """A reused run must have been trained with the seed asked for (runs from before seeds were recorded pass)."""
+    schedule_file = fold_folder / "llm4seg_schedule.json"
+    recorded = json.loads(schedule_file.read_text()).get("seed") if schedule_file.is_file() else None
+    if recorded is not None and recorded != seed:
+        raise ExperimentError(f"{fold_folder} was trained with seed {recorded}, this study asks for seed {seed}: "
+                              "move that folder away or change the study's seeds.")
+
+
+def run_row(study: Study, dataset: str, entry: DatasetEntry, plans: dict[int, str], folds: tuple[int, ...],
+            row: str, metadata: dict[str, dict[str, str]], log: Path) -> RowResult:
+    """Train (or reuse) every fold x seed run of one row (plans: seed -> plans name) and collect both protocols'
+    per-case metrics with the cases' metadata."""
     schedule = Schedule(study.epochs, study.iterations, val_iterations=max(1, study.iterations // 5))
     result = RowResult(dataset, row, trainer_name(row))
-    for fold in entry.folds:
-        run = train_fold(dataset, entry.configuration, fold, result.trainer, plans, schedule, study.device, log,
-                         validate=True, progress=study.progress, seed=study.seed + fold)
-        summary = json.loads((run.fold_folder / "validation" / "summary.json").read_text())
-        dataset_json = json.loads((run.model_folder / "dataset.json").read_text())
-        cases = {case: {**metrics, "fold": fold} for case, metrics in case_metrics(summary, dataset_json).items()}
-        result.cases.update(cases)
-        result.fold_dice.append(mean_std([c["Dice"] for c in cases.values()])[0])
-        result.curves[fold] = training_curves(run.fold_folder)
-        result.trainable_params, result.frozen_params = run.trainable_params, run.frozen_params
-        schedule_file = run.fold_folder / "llm4seg_schedule.json"
-        if schedule_file.is_file():
-            result.seconds += json.loads(schedule_file.read_text())["seconds"]
+    for seed in study.training_seeds:
+        for fold in folds:
+            run = train_fold(dataset, entry.configuration, fold, result.trainer, plans[seed], schedule, study.device,
+                             log, validate=True, progress=study.progress, seed=seed + fold)
+            _check_run_seed(run.fold_folder, seed + fold)
+            _collect_run(result, run, fold, seed, metadata)
     return result
+
+
+def _collect_run(result: RowResult, run: Any, fold: int, seed: int, metadata: dict[str, dict[str, str]]) -> None:
+    """Add one trained run's per-case metrics, mean Dice, curves, parameter counts and time to the row."""
+    summary = json.loads((run.fold_folder / "validation" / "summary.json").read_text())
+    dataset_json = json.loads((run.model_folder / "dataset.json").read_text())
+    cases = {(seed, case): {**metrics, "fold": fold, "seed": seed, "patient": metadata.get(case, {}).get("patient", ""),
+                            "device": metadata.get(case, {}).get("device", "")}
+             for case, metrics in case_metrics(summary, dataset_json).items()}
+    result.cases.update(cases)
+    result.fold_dice.append(mean_std([c["Dice"] for c in cases.values()])[0])
+    result.curves[fold, seed] = training_curves(run.fold_folder)
+    result.trainable_params, result.frozen_params = run.trainable_params, run.frozen_params
+    schedule_file = run.fold_folder / "llm4seg_schedule.json"
+    if schedule_file.is_file():
+        result.seconds += json.loads(schedule_file.read_text())["seconds"]
 
 
 # ---------------------------------------------------------------- statistics
@@ -409,11 +451,22 @@ def mean_curves(result: RowResult) -> dict[str, list[float]]:
     return {key: [float(np.mean(values)) for values in zip(*(fold[key] for fold in folds))] for key in CURVES}
 
 
+CURVES_HEADER = ["dataset", "row", "fold", "seed", "epoch", "train_loss", "val_loss", "pseudo_dice",
+                 "ema_pseudo_dice"]
+PER_CASE_HEADER = ["dataset", "row", "trainer", "fold", "seed", "case", "patient", "device", *METRICS]
+
+
 def curve_rows(results: list[RowResult]) -> list[list[object]]:
-    """One CSV row per dataset, row, fold and epoch."""
-    return [[r.dataset, r.row, fold, epoch + 1, *(curves[key][epoch] for key in CURVES)]
-            for r in results for fold, curves in sorted(r.curves.items())
+    """One CSV row per dataset, row, fold, seed and epoch."""
+    return [[r.dataset, r.row, fold, seed, epoch + 1, *(curves[key][epoch] for key in CURVES)]
+            for r in results for (fold, seed), curves in sorted(r.curves.items())
             for epoch in range(len(curves["ema_fg_dice"]))]
+
+
+def per_case_rows(results: list[RowResult]) -> list[list[object]]:
+    """One CSV row per dataset, row, run (fold, seed) and case, with the case's patient and device."""
+    return [[r.dataset, r.row, r.trainer, m["fold"], seed, case, m["patient"], m["device"], *(m[key] for key in METRICS)]
+            for r in results for (seed, case), m in sorted(r.cases.items(), key=lambda item: (item[1]["fold"], item[0]))]
 
 
 def write_outputs(study: Study, results: list[RowResult], title: str) -> list[Path]:
@@ -431,14 +484,11 @@ def write_outputs(study: Study, results: list[RowResult], title: str) -> list[Pa
     try:
         write_text(paths[0], f"{title}\n\n{legend}\n\n{markdown_table(HEADER, markdown)}\n")
         write_csv(paths[1], CSV_HEADER, csv_rows)
-        write_csv(paths[2], ["dataset", "row", "trainer", "fold", "case", *METRICS],
-                  [[r.dataset, r.row, r.trainer, m["fold"], case, *(m[key] for key in METRICS)]
-                   for r in results for case, m in sorted(r.cases.items())])
+        write_csv(paths[2], PER_CASE_HEADER, per_case_rows(results))
         plot_per_case({f"{r.dataset[11:] or r.dataset}: {r.row}": [c["Dice"] for c in r.cases.values()]
                        for r in results}, "Dice", paths[3])
         plot_differences(differences, f"Dice - Dice of {study.baseline}", paths[4])
-        write_csv(paths[5], ["dataset", "row", "fold", "epoch", "train_loss", "val_loss", "pseudo_dice",
-                             "ema_pseudo_dice"], curve_rows(results))
+        write_csv(paths[5], CURVES_HEADER, curve_rows(results))
         plot_training_curves({f"{r.dataset[11:] or r.dataset}: {r.row}": mean_curves(r) for r in results}, paths[6])
     except OSError as error:
         raise ExperimentError(f"cannot write the tables into {output} ({error.strerror}): free some space or "
@@ -449,7 +499,7 @@ def write_outputs(study: Study, results: list[RowResult], title: str) -> list[Pa
 
 def run_study(study: Study) -> list[Path]:
     """Validate everything, then train what is missing and write the tables; returns the written files."""
-    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
 
     cpu_friendly_defaults(study.device)  # before nnU-Net's modules read them at import
     study = replace(study, baseline=study.baseline or default_baseline(study.rows))
@@ -466,18 +516,23 @@ def run_study(study: Study) -> list[Path]:
         raise ExperimentError(f"cannot create the output folder {study.output} ({error.strerror}): choose "
                               "another one.") from None
     log = study.output / "nnunet.log"
-    results = []
+    results, described = [], []
     for dataset, entry in zip(datasets, study.datasets):
+        raw, preprocessed = Path(str(nnUNet_raw)) / dataset, Path(str(nnUNet_preprocessed)) / dataset
         _ensure_preprocessed(dataset, entry, log)
-        plans = write_plans_variant(Path(str(nnUNet_preprocessed)) / dataset, entry.plans,
-                                    plans_name(study, entry.plans), entry.configuration, caps=study.caps,
-                                    llm4seg_entry=llm4seg_entry)
-        results += [run_row(study, dataset, entry, plans, row, log) for row in study.rows]
-    folds = "; ".join(f"{d} ({e.configuration}) folds {', '.join(map(str, e.folds))}"
-                      for d, e in zip(datasets, study.datasets))
+        folds = (write_held_out_fold(entry.split, raw, preprocessed),) if entry.split else entry.folds
+        plans = {seed: write_plans_variant(preprocessed, entry.plans, plans_name(study, entry.plans, seed),
+                                           entry.configuration, caps=study.caps, llm4seg_entry=llm4seg_entry)
+                 for seed in study.training_seeds}
+        metadata = read_case_metadata(raw)
+        results += [run_row(study, dataset, entry, plans, folds, row, metadata, log) for row in study.rows]
+        described.append(f"{dataset} ({entry.configuration}) " + (
+            f"held-out split fold {folds[0]}: {entry.split.label()}, validated on the rest" if entry.split
+            else f"folds {', '.join(map(str, folds))}"))
     caps = f"caps patch/features/batch {'/'.join(map(str, study.caps))}" if study.caps else "no caps"
-    title = (f"LLM4Seg {study.stem}: {folds}; preset {study.preset}; {study.epochs} epochs x {study.iterations} "
-             f"iterations, {caps}, device {study.device}, seed {study.seed} + fold.")
+    title = (f"LLM4Seg {study.stem}: {'; '.join(described)}; preset {study.preset}; {study.epochs} epochs x "
+             f"{study.iterations} iterations, {caps}, device {study.device}, seed(s) "
+             f"{', '.join(map(str, study.training_seeds))} + fold.")
     return write_outputs(study, results, title)
 
 
@@ -497,7 +552,14 @@ def _dataset_entry(item: Any, defaults: dict[str, Any]) -> DatasetEntry:
     folds = merged["folds"]
     if not isinstance(folds, list):
         raise ExperimentError(f"folds must be a list of fold numbers, got {folds!r}.")
-    return DatasetEntry(str(merged["dataset"]), str(merged["configuration"]), tuple(folds), str(merged["plans"]))
+    split = None
+    if "split" in item:
+        if "folds" in item:
+            raise ExperimentError(f"datasets: {item['dataset']!r} gives both \"folds\" and \"split\"; a held-out "
+                                  "split is one fold of its own: keep one of the two.")
+        split, folds = parse_split(item["split"], f"datasets: {item['dataset']!r}"), []
+    return DatasetEntry(str(merged["dataset"]), str(merged["configuration"]), tuple(folds), str(merged["plans"]),
+                        split)
 
 
 def load_study(path: Path, device: str | None = None, progress: bool = True) -> Study:
@@ -527,7 +589,14 @@ def load_study(path: Path, device: str | None = None, progress: bool = True) -> 
                  baseline=data.get("baseline"), preset=str(data.get("preset", Study.preset)),
                  epochs=data.get("epochs", Study.epochs), iterations=data.get("iterations", Study.iterations),
                  caps=resolve_caps(data.get("caps", "auto"), device), device=device,
-                 seed=data.get("seed", Study.seed), progress=progress)
+                 seed=data.get("seed", Study.seed), seeds=_seeds(data.get("seeds", [])), progress=progress)
+
+
+def _seeds(value: Any) -> tuple[int, ...]:
+    """The "seeds" list (values are checked by validate)."""
+    if not isinstance(value, list):
+        raise ExperimentError(f"seeds must be a list of integers >= 0, e.g. [0, 1, 2], got {value!r}.")
+    return tuple(value)
 
 
 def _default_device() -> str:
