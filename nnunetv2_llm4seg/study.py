@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import io
 import json
-import math
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -36,12 +35,12 @@ from typing import Any
 import numpy as np
 
 from nnunetv2_llm4seg.case_metadata import read_case_metadata
+from nnunetv2_llm4seg.evidence import LEGEND, SUMMARY_HEADER, CaseRecord, pair, render_table, summary_rows
 from nnunetv2_llm4seg.experiments import (CURVES, ExperimentError, Schedule, cpu_friendly_defaults,
                                           plan_and_preprocess, train_fold, training_curves, write_plans_variant)
 from nnunetv2_llm4seg.held_out import HeldOutSplit, held_out_fold, parse_split, write_held_out_fold
 from nnunetv2_llm4seg.metrics import METRICS, NNUNET_LABEL, PAPER_LABEL, case_metrics
-from nnunetv2_llm4seg.report import (markdown_table, mean_std, plot_differences, plot_per_case, plot_training_curves,
-                                     write_csv, write_text)
+from nnunetv2_llm4seg.report import plot_differences, plot_per_case, plot_training_curves, write_csv, write_text
 
 ROWS = {
     "stock": "nnUNetTrainer",
@@ -72,7 +71,6 @@ CPU_CAPS = (128, 256, 4)  # patch, features, batch: as the demo (nnU-Net plans b
 MIN_CAPS = (16, 4, 1)
 STANDARD_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
 IMAGE_2D_ENDINGS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
-ALPHA = 0.05
 KEYS = {"datasets", "rows", "baseline", "preset", "configuration", "folds", "epochs", "iterations", "caps",
         "device", "seed", "seeds", "plans", "output"}
 DATASET_KEYS = {"dataset", "configuration", "folds", "plans", "split"}
@@ -114,7 +112,6 @@ class RowResult:
     row: str
     trainer: str
     cases: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)  # (seed, case) -> fold, metadata, metrics
-    fold_dice: list[float] = field(default_factory=list)  # one value per run (fold x seed): its mean case Dice
     curves: dict[tuple[int, int], dict[str, list[float]]] = field(default_factory=dict)  # (fold, seed) -> per epoch
     trainable_params: int = 0
     frozen_params: int = 0
@@ -282,7 +279,12 @@ def validate(study: Study) -> tuple[list[str], Any]:
         raise ExperimentError("no datasets given.")
     check_rows(study.rows, study.baseline)
     entry = _plans_entry(study.preset)
-    return [check_dataset(d) for d in study.datasets], entry
+    names = [check_dataset(d) for d in study.datasets]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ExperimentError(f"dataset(s) {', '.join(repeated)} given twice: name each dataset once (a held-out "
+                              "split and cross-validation folds of one dataset go into two studies).")
+    return names, entry
 
 
 # ---------------------------------------------------------------- running
@@ -339,7 +341,6 @@ def _collect_run(result: RowResult, run: Any, fold: int, seed: int, metadata: di
                             "device": metadata.get(case, {}).get("device", "")}
              for case, metrics in case_metrics(summary, dataset_json).items()}
     result.cases.update(cases)
-    result.fold_dice.append(mean_std([c["Dice"] for c in cases.values()])[0])
     result.curves[fold, seed] = training_curves(run.fold_folder)
     result.trainable_params, result.frozen_params = run.trainable_params, run.frozen_params
     schedule_file = run.fold_folder / "llm4seg_schedule.json"
@@ -347,63 +348,7 @@ def _collect_run(result: RowResult, run: Any, fold: int, seed: int, metadata: di
         result.seconds += json.loads(schedule_file.read_text())["seconds"]
 
 
-# ---------------------------------------------------------------- statistics
-
-def paired_differences(baseline: dict[str, dict], other: dict[str, dict], metric: str = "Dice") -> list[float]:
-    """Per-case differences other - baseline for the cases both have a finite value for."""
-    return [other[c][metric] - baseline[c][metric] for c in sorted(set(baseline) & set(other))
-            if not (math.isnan(other[c][metric]) or math.isnan(baseline[c][metric]))]
-
-
-@dataclass(frozen=True)
-class Comparison:
-    pairs: int
-    mean_difference: float
-    ci_low: float
-    ci_high: float
-    p_value: float
-    verdict: str
-
-
-def compare(differences: list[float], baseline: str, seed: int) -> Comparison:
-    """Bootstrap 95% CI of the mean difference (percentile, 10,000 resamples, fixed seed) and a paired
-    two-sided Wilcoxon signed-rank test; significant only when the CI excludes 0 and p < 0.05."""
-    from scipy.stats import bootstrap, wilcoxon
-
-    if len(differences) < 2:
-        return Comparison(len(differences), mean_std(differences)[0], math.nan, math.nan, math.nan,
-                          "too few paired cases to compare")
-    values = np.asarray(differences, dtype=float)
-    mean = float(values.mean())
-    if np.all(values == values[0]):
-        low = high = float(values[0])
-        p_value = 1.0 if values[0] == 0 else float(wilcoxon(values).pvalue)
-    else:
-        interval = bootstrap((values,), np.mean, confidence_level=0.95, n_resamples=10_000, method="percentile",
-                             random_state=np.random.default_rng(seed)).confidence_interval
-        low, high = float(interval.low), float(interval.high)
-        p_value = float(wilcoxon(values).pvalue)
-    if low <= 0 <= high or p_value >= ALPHA:
-        verdict = "no significant difference"
-    else:
-        verdict = f"{'better' if mean > 0 else 'worse'} than {baseline}"
-    return Comparison(len(differences), mean, low, high, p_value, verdict)
-
-
 # ---------------------------------------------------------------- tables and figures
-
-HEADER = ["dataset", "row", "trainer", "cases", "Dice (folds)", "Dice (cases)", "IoU (cases)", "paper IoU",
-          "paper F1", "vs", "ΔDice vs baseline [95% CI]", "p (Wilcoxon)", "verdict", "trainable params",
-          "frozen params", "train time (s)"]
-CSV_HEADER = ["dataset", "row", "trainer", "cases", "folds", "dice_fold_mean", "dice_fold_std", "dice_mean",
-              "dice_std", "iou_mean", "iou_std", "paper_iou_mean", "paper_iou_std", "paper_f1_mean",
-              "paper_f1_std", "baseline", "paired_cases", "delta_dice_mean", "delta_dice_ci_low",
-              "delta_dice_ci_high", "p_wilcoxon", "verdict", "trainable_params", "frozen_params", "train_seconds"]
-
-
-def _cell(pair: tuple[float, float]) -> str:
-    return f"{pair[0]:.4f} ± {pair[1]:.4f}"
-
 
 def baseline_of(row: str, rows: tuple[str, ...], baseline: str | None) -> str | None:
     """The row a row is compared with: CMUNeXt booster rows with plain CMUNeXt when it is a row (the booster's
@@ -411,38 +356,6 @@ def baseline_of(row: str, rows: tuple[str, ...], baseline: str | None) -> str | 
     if row.startswith("cmunext-") and "cmunext" in rows:
         return "cmunext"
     return baseline
-
-
-def summarise(results: list[RowResult], baseline: str | None, seed: int
-              ) -> tuple[list[list[str]], list[list[object]], dict[str, list[float]]]:
-    """Markdown rows, CSV rows and per-case Dice differences (label -> values) for the plot."""
-    markdown, csv_rows, differences = [], [], {}
-    rows = tuple(dict.fromkeys(r.row for r in results))
-    for result in results:
-        stats = {key: mean_std([c[key] for c in result.cases.values()]) for key in METRICS}
-        folds = mean_std(result.fold_dice)
-        versus = baseline_of(result.row, rows, baseline)
-        reference = next((r for r in results if r.dataset == result.dataset and r.row == versus), None)
-        comparison = None
-        if reference is not None and reference is not result:
-            diffs = paired_differences(reference.cases, result.cases)
-            comparison = compare(diffs, versus, seed)
-            differences[f"{result.dataset[11:] or result.dataset}: {result.row}"] = diffs
-        verdict = comparison.verdict if comparison else ("baseline" if reference is result else "-")
-        delta = (f"{comparison.mean_difference:+.4f} [{comparison.ci_low:+.4f}, {comparison.ci_high:+.4f}]"
-                 if comparison else "-")
-        markdown.append([result.dataset, result.row, result.trainer, str(len(result.cases)), _cell(folds),
-                         *(_cell(stats[key]) for key in METRICS), versus if comparison else "-", delta,
-                         f"{comparison.p_value:.3g}" if comparison else "-", verdict,
-                         f"{result.trainable_params:,}", f"{result.frozen_params:,}", f"{result.seconds:.0f}"])
-        nan = float("nan")
-        csv_rows.append([result.dataset, result.row, result.trainer, len(result.cases), len(result.fold_dice),
-                         *folds, *(v for key in METRICS for v in stats[key]),
-                         versus if comparison else "", comparison.pairs if comparison else 0,
-                         *((comparison.mean_difference, comparison.ci_low, comparison.ci_high, comparison.p_value)
-                           if comparison else (nan, nan, nan, nan)), verdict,
-                         result.trainable_params, result.frozen_params, round(result.seconds, 1)])
-    return markdown, csv_rows, differences
 
 
 def mean_curves(result: RowResult) -> dict[str, list[float]]:
@@ -463,28 +376,41 @@ def curve_rows(results: list[RowResult]) -> list[list[object]]:
             for epoch in range(len(curves["ema_fg_dice"]))]
 
 
-def per_case_rows(results: list[RowResult]) -> list[list[object]]:
-    """One CSV row per dataset, row, run (fold, seed) and case, with the case's patient and device."""
-    return [[r.dataset, r.row, r.trainer, m["fold"], seed, case, m["patient"], m["device"], *(m[key] for key in METRICS)]
+def case_records(results: list[RowResult]) -> list[CaseRecord]:
+    """One record per dataset, row, run (fold, seed) and case, with the case's patient and device."""
+    return [CaseRecord(r.dataset, r.row, r.trainer, m["fold"], seed, case, m["patient"], m["device"],
+                       {key: m[key] for key in METRICS})
             for r in results for (seed, case), m in sorted(r.cases.items(), key=lambda item: (item[1]["fold"], item[0]))]
+
+
+def per_case_rows(records: list[CaseRecord]) -> list[list[object]]:
+    return [[c.dataset, c.row, c.trainer, c.fold, c.seed, c.case, c.patient, c.device,
+             *(c.metrics[key] for key in METRICS)] for c in records]
 
 
 def write_outputs(study: Study, results: list[RowResult], title: str) -> list[Path]:
     """STEM.md, STEM.csv, STEM_per_case.csv, STEM_dice.png, STEM_differences.png, STEM_curves.csv and
-    STEM_curves.png (per-epoch losses and pseudo Dice, mean over folds) in the output folder."""
+    STEM_curves.png (per-epoch losses and pseudo Dice, mean over runs) in the output folder."""
     output, stem = study.output, study.stem
-    markdown, csv_rows, differences = summarise(results, study.baseline, study.seed)
-    legend = (f"Dice (folds): mean ± std over folds of each fold's mean case Dice; other metrics: mean ± std over "
-              f"cases. {NNUNET_LABEL}; {PAPER_LABEL}. ΔDice: mean per-case difference to the row in 'vs' (the "
-              f"baseline {study.baseline or 'none'}; CMUNeXt booster rows: plain CMUNeXt) on the same cases, "
-              f"bootstrap 95% CI (percentile, 10,000 resamples, seed {study.seed}); p: paired two-sided Wilcoxon signed-rank test on per-case Dice; verdict "
-              "'no significant difference' when the CI contains 0 or p >= 0.05.")
+    records = case_records(results)
+    rows = tuple(dict.fromkeys(r.row for r in results))
+    versus = {row: baseline_of(row, rows, study.baseline) for row in rows}
+    extras = {(r.dataset, r.row): (r.trainable_params, r.frozen_params, round(r.seconds, 1)) for r in results}
+    subset_by = {dataset: entry.split.by if entry.split else None
+                 for dataset, entry in zip(dict.fromkeys(r.dataset for r in results), study.datasets)}
+    summary = summary_rows(records, versus.get, extras, study.seed, subset_by)
+    differences = {f"{r.dataset[11:] or r.dataset}: {r.row}": pair(
+        [c for c in records if c.dataset == r.dataset and c.row == versus[r.row]],
+        [c for c in records if c.dataset == r.dataset and c.row == r.row]).case_differences
+        for r in results if versus[r.row] not in (None, r.row)}
+    legend = (f"{NNUNET_LABEL}; {PAPER_LABEL}. Baseline {study.baseline or 'none'} (CMUNeXt booster rows: plain "
+              f"CMUNeXt); bootstrap seed {study.seed}. {LEGEND}")
     paths = [output / f"{stem}{suffix}" for suffix in (".md", ".csv", "_per_case.csv", "_dice.png",
                                                         "_differences.png", "_curves.csv", "_curves.png")]
     try:
-        write_text(paths[0], f"{title}\n\n{legend}\n\n{markdown_table(HEADER, markdown)}\n")
-        write_csv(paths[1], CSV_HEADER, csv_rows)
-        write_csv(paths[2], PER_CASE_HEADER, per_case_rows(results))
+        write_text(paths[0], f"{title}\n\n{legend}\n\n{render_table(summary)}\n")
+        write_csv(paths[1], SUMMARY_HEADER, [[row[key] for key in SUMMARY_HEADER] for row in summary])
+        write_csv(paths[2], PER_CASE_HEADER, per_case_rows(records))
         plot_per_case({f"{r.dataset[11:] or r.dataset}: {r.row}": [c["Dice"] for c in r.cases.values()]
                        for r in results}, "Dice", paths[3])
         plot_differences(differences, f"Dice - Dice of {study.baseline}", paths[4])

@@ -77,8 +77,9 @@ def full_disk(tmp_path, model, monkeypatch):
 
     monkeypatch.setattr(report.Path, "write_text", no_space)
     study = Study(datasets=(DatasetEntry("640"),), rows=("stock",), output=tmp_path / "old", baseline="stock")
-    cases = {"a": {"Dice": 0.5, "IoU": 0.3, "paper IoU": 0.3, "paper F1": 0.5, "fold": 0}}
-    write_outputs(study, [RowResult("Dataset640_Tiny", "stock", "nnUNetTrainer", cases, [0.5])], "title")
+    cases = {(0, "a"): {"Dice": 0.5, "IoU": 0.3, "paper IoU": 0.3, "paper F1": 0.5, "fold": 0, "seed": 0,
+                        "patient": "", "device": ""}}
+    write_outputs(study, [RowResult("Dataset640_Tiny", "stock", "nnUNetTrainer", cases)], "title")
 
 
 def old_tables(tmp_path, model):
