@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from nnunetv2_llm4seg.metrics import METRICS
+from nnunetv2_llm4seg.metrics import METRICS, NNUNET_LABEL, PAPER_LABEL
 from nnunetv2_llm4seg.stats import ALPHA, LevelResult, case_level, decide, holm, run_level
 
 MIN_RUNS = 3  # fewer paired runs than this: the verdict rests on the case level
@@ -50,6 +50,14 @@ class CaseRecord:
 
     def value(self, column: str) -> str:
         return {"patient": self.patient, "device": self.device}[column]
+
+
+def baseline_of(row: str, rows: tuple[str, ...], baseline: str | None) -> str | None:
+    """The row a row is compared with: CMUNeXt booster rows with plain CMUNeXt when it is a row (the booster's
+    effect on its own backbone), every other row with the study's baseline."""
+    if row.startswith("cmunext-") and "cmunext" in rows:
+        return "cmunext"
+    return baseline
 
 
 def read_per_case(path: Path) -> list[CaseRecord]:
@@ -232,6 +240,57 @@ def render_table(rows: Sequence[dict]) -> str:
     from nnunetv2_llm4seg.report import markdown_table
 
     return markdown_table(TABLE_HEADER, [table_cells(row) for row in rows])
+
+
+def legend(baseline: str | None, seed: int) -> str:
+    """What the summary table's columns mean, for the study's baseline and bootstrap seed."""
+    return (f"{NNUNET_LABEL}; {PAPER_LABEL}. Baseline {baseline or 'none'} (CMUNeXt booster rows: plain CMUNeXt); "
+            f"bootstrap seed {seed}. {LEGEND}")
+
+
+def write_summary(folder: Path, stem: str, title: str, baseline: str | None, seed: int,
+                  rows: Sequence[dict]) -> None:
+    """STEM.md (title, legend, table) and STEM.csv (the summary rows) in `folder`, each written atomically."""
+    from nnunetv2_llm4seg.report import write_csv, write_text
+
+    write_text(folder / f"{stem}.md", f"{title}\n\n{legend(baseline, seed)}\n\n{render_table(rows)}\n")
+    write_csv(folder / f"{stem}.csv", SUMMARY_HEADER, [[row[key] for key in SUMMARY_HEADER] for row in rows])
+
+
+def rebuild(folder: Path, stem: str, baseline: str | None, seed: int = 0,
+            subset_by: dict[str, str | None] | None = None) -> list[dict[str, object]]:
+    """The summary rows recomputed from FOLDER/STEM_per_case.csv; parameter counts and train time (not per case)
+    are taken from the existing FOLDER/STEM.csv."""
+    records = read_per_case(folder / f"{stem}_per_case.csv")
+    extras = {(r["dataset"], r["row"]): (int(r["trainable_params"]), int(r["frozen_params"]),
+                                         float(r["train_seconds"])) for r in read_summary(folder / f"{stem}.csv")}
+    rows = tuple(dict.fromkeys(r.row for r in records))
+    return summary_rows(records, lambda row: baseline_of(row, rows, baseline), extras, seed, subset_by)
+
+
+def headline_table(studies: Sequence[tuple[str, Sequence[dict]]]) -> str:
+    """One line per row: for each (label, summary rows of one dataset) its Dice over runs, the difference to the
+    row's baseline with the level and adjusted CI the verdict rests on, and the verdict."""
+    from nnunetv2_llm4seg.report import markdown_table
+
+    header = ["row"] + [cell for label, _ in studies for cell in (f"{label} Dice", f"{label} ΔDice [adj. CI]",
+                                                                    f"{label} verdict")]
+    rows = list(dict.fromkeys(str(r["row"]) for _, summary in studies for r in summary))
+    lines = []
+    for row in rows:
+        cells = [row]
+        for _, summary in studies:
+            found = next((r for r in summary if r["row"] == row), None)
+            if found is None:
+                cells += ["not run", "", ""]
+                continue
+            level = str(found["level"])
+            delta = (f"{_number(found[f'{level}_delta']):+.3f} [{_number(found[f'{level}_ci_low']):+.3f}, "
+                     f"{_number(found[f'{level}_ci_high']):+.3f}] ({level}, vs {found['baseline']})"
+                     if found["baseline"] else "-")
+            cells += [f"{_number(found['dice_run_mean']):.3f}", delta, str(found["verdict"])]
+        lines.append(cells)
+    return markdown_table(header, lines)
 
 
 LEGEND = ("Dice (runs): mean ± sd (ddof=1) over training runs (fold x seed) of each run's mean case Dice; other "

@@ -3,9 +3,10 @@
 Every row trains with the same schedule, caps and seed policy (torch, numpy and random seeded with seed + fold
 before each fold) through nnU-Net's own trainer, validation and splits; finished folds are skipped and
 interrupted ones continue from their latest checkpoint when the command is run again. Per row and dataset the
-tables give both metric protocols (see metrics.py), mean ± std over folds and over cases, and against the
-baseline row: the mean per-case Dice difference with a bootstrap 95% confidence interval, a paired two-sided
-Wilcoxon signed-rank test and a plain-words verdict. `llm4seg ablate` is a study of one dataset.
+tables give both metric protocols (see metrics.py), mean ± sd over runs and over cases, and against the
+baseline row the Dice difference at the case level (patients resampled where the dataset has patient ids) and
+at the run level (fold x seed), Holm-adjusted within each dataset, with a verdict naming the level it rests on
+(evidence.py, stats.py). `llm4seg ablate` is a study of one dataset.
 
 A STUDY.json (paths relative to the file; only "datasets" and "rows" are required):
 
@@ -35,12 +36,12 @@ from typing import Any
 import numpy as np
 
 from nnunetv2_llm4seg.case_metadata import read_case_metadata
-from nnunetv2_llm4seg.evidence import LEGEND, SUMMARY_HEADER, CaseRecord, pair, render_table, summary_rows
+from nnunetv2_llm4seg.evidence import CaseRecord, baseline_of, pair, summary_rows, write_summary
 from nnunetv2_llm4seg.experiments import (CURVES, ExperimentError, Schedule, cpu_friendly_defaults,
                                           plan_and_preprocess, train_fold, training_curves, write_plans_variant)
 from nnunetv2_llm4seg.held_out import HeldOutSplit, held_out_fold, parse_split, write_held_out_fold
-from nnunetv2_llm4seg.metrics import METRICS, NNUNET_LABEL, PAPER_LABEL, case_metrics
-from nnunetv2_llm4seg.report import plot_differences, plot_per_case, plot_training_curves, write_csv, write_text
+from nnunetv2_llm4seg.metrics import METRICS, case_metrics
+from nnunetv2_llm4seg.report import plot_differences, plot_per_case, plot_training_curves, write_csv
 
 ROWS = {
     "stock": "nnUNetTrainer",
@@ -350,14 +351,6 @@ def _collect_run(result: RowResult, run: Any, fold: int, seed: int, metadata: di
 
 # ---------------------------------------------------------------- tables and figures
 
-def baseline_of(row: str, rows: tuple[str, ...], baseline: str | None) -> str | None:
-    """The row a row is compared with: CMUNeXt booster rows with plain CMUNeXt when it is a row (the booster's
-    effect on its own backbone), every other row with the study's baseline."""
-    if row.startswith("cmunext-") and "cmunext" in rows:
-        return "cmunext"
-    return baseline
-
-
 def mean_curves(result: RowResult) -> dict[str, list[float]]:
     """Each per-epoch curve averaged over the row's folds (epochs all folds reached)."""
     folds = list(result.curves.values())
@@ -403,13 +396,10 @@ def write_outputs(study: Study, results: list[RowResult], title: str) -> list[Pa
         [c for c in records if c.dataset == r.dataset and c.row == versus[r.row]],
         [c for c in records if c.dataset == r.dataset and c.row == r.row]).case_differences
         for r in results if versus[r.row] not in (None, r.row)}
-    legend = (f"{NNUNET_LABEL}; {PAPER_LABEL}. Baseline {study.baseline or 'none'} (CMUNeXt booster rows: plain "
-              f"CMUNeXt); bootstrap seed {study.seed}. {LEGEND}")
     paths = [output / f"{stem}{suffix}" for suffix in (".md", ".csv", "_per_case.csv", "_dice.png",
                                                         "_differences.png", "_curves.csv", "_curves.png")]
     try:
-        write_text(paths[0], f"{title}\n\n{legend}\n\n{render_table(summary)}\n")
-        write_csv(paths[1], SUMMARY_HEADER, [[row[key] for key in SUMMARY_HEADER] for row in summary])
+        write_summary(output, stem, title, study.baseline, study.seed, summary)
         write_csv(paths[2], PER_CASE_HEADER, per_case_rows(records))
         plot_per_case({f"{r.dataset[11:] or r.dataset}: {r.row}": [c["Dice"] for c in r.cases.values()]
                        for r in results}, "Dice", paths[3])

@@ -10,8 +10,7 @@ import pytest
 
 from nnunetv2_llm4seg import cli
 from nnunetv2_llm4seg.metrics import METRICS
-from nnunetv2_llm4seg.evidence import CaseRecord, read_per_case, render_table, summary_rows
-from nnunetv2_llm4seg.study import baseline_of
+from nnunetv2_llm4seg.evidence import CaseRecord, baseline_of, read_per_case, render_table, summary_rows
 from nnunetv2_llm4seg.synthetic import make_ultrasound_dataset
 
 
