@@ -133,10 +133,21 @@ def _verdict(level: str, result: LevelResult, p_holm: float, versus: str) -> str
     return f"{decision} ({level} level)"
 
 
-def summary_rows(records: list[CaseRecord], baseline_of: Callable[[str], str | None],
+@dataclass(frozen=True)
+class Entry:
+    """One row of one subset of a dataset, and its pairing with the row it is compared with (if any)."""
+
+    subset: str
+    row: str
+    records: list[CaseRecord]
+    versus: str | None
+    pairing: Pairing | None
+
+
+def summary_rows(records: list[CaseRecord], versus_of: Callable[[str], str | None],
                  extras: dict[tuple[str, str], tuple[int, int, float]], seed: int = 0,
                  subset_by: dict[str, str | None] | None = None) -> list[dict[str, object]]:
-    """One summary row per dataset, subset and row (in the records' order). `baseline_of(row)` names the row it is
+    """One summary row per dataset, subset and row (in the records' order). `versus_of(row)` names the row it is
     compared with; `extras[dataset, row]` = (trainable params, frozen params, train seconds); `subset_by[dataset]`
     = the metadata column whose values split a held-out study's cases into subsets (None: one subset)."""
     output = []
@@ -149,26 +160,28 @@ def summary_rows(records: list[CaseRecord], baseline_of: Callable[[str], str | N
         for subset, subset_records in _subsets(dataset_records, (subset_by or {}).get(dataset)):
             of_row = {row: [r for r in subset_records if r.row == row] for row in rows}
             for row in rows:
-                versus = baseline_of(row)
-                compared = versus is not None and versus != row and of_row.get(versus)
-                entries.append((subset, row, of_row[row], versus if compared else None,
-                                pair(of_row[versus], of_row[row]) if compared else None))
+                versus = versus_of(row)
+                compared = versus is not None and versus != row and bool(of_row.get(versus))
+                entries.append(Entry(subset, row, of_row[row], versus if compared else None,
+                                     pair(of_row[versus], of_row[row]) if compared else None))
         output += _dataset_rows(dataset, entries, extras, seed)
     return output
 
 
-def _dataset_rows(dataset: str, entries: list, extras: dict, seed: int) -> list[dict[str, object]]:
+def _dataset_rows(dataset: str, entries: list[Entry], extras: dict[tuple[str, str], tuple[int, int, float]],
+                  seed: int) -> list[dict[str, object]]:
     """The summary rows of one dataset: Holm over its comparisons, Bonferroni CIs at 1 - alpha/m."""
-    compared = [entry for entry in entries if entry[4] is not None]
+    compared = [entry for entry in entries if entry.pairing is not None]
     m = len(compared)
     level = 1 - ALPHA / m if m else 1 - ALPHA
-    case = {id(e): case_level(e[4].case_differences, e[4].case_groups, level, seed) for e in compared}
-    run = {id(e): run_level(e[4].run_differences, level) for e in compared}
+    case = {id(e): case_level(e.pairing.case_differences, e.pairing.case_groups, level, seed) for e in compared}
+    run = {id(e): run_level(e.pairing.run_differences, level) for e in compared}
     case_holm = dict(zip(case, holm([r.p_value for r in case.values()])))
     run_holm = dict(zip(run, holm([r.p_value for r in run.values()])))
+    baselines = {entry.versus for entry in entries}
     rows = []
     for entry in entries:
-        subset, row, records, versus, pairing = entry
+        subset, row, records, versus, pairing = entry.subset, entry.row, entry.records, entry.versus, entry.pairing
         runs = _runs(records)
         metrics = {key: _mean_std([r.metrics[key] for r in records]) for key in METRICS}
         run_dice = _mean_std([_mean_std([r.metrics["Dice"] for r in run_records])[0] for run_records in runs.values()])
@@ -183,7 +196,7 @@ def _dataset_rows(dataset: str, entries: list, extras: dict, seed: int) -> list[
             "trainable_params": trainable, "frozen_params": frozen, "train_seconds": seconds}
         if versus is None:
             summary.update({key: math.nan for key in SUMMARY_HEADER if key not in summary})
-            summary.update(case_units="", level="", verdict="baseline" if row in {e[3] for e in entries} else "-")
+            summary.update(case_units="", level="", verdict="baseline" if row in baselines else "-")
         else:
             c, r = case[id(entry)], run[id(entry)]
             chosen = "run" if r.n >= MIN_RUNS else "case"

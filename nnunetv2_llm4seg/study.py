@@ -38,7 +38,8 @@ import numpy as np
 from nnunetv2_llm4seg.case_metadata import read_case_metadata
 from nnunetv2_llm4seg.evidence import CaseRecord, baseline_of, pair, summary_rows, write_summary
 from nnunetv2_llm4seg.experiments import (CURVES, ExperimentError, Schedule, cpu_friendly_defaults,
-                                          plan_and_preprocess, train_fold, training_curves, write_plans_variant)
+                                          TrainingRun, plan_and_preprocess, train_fold, training_curves,
+                                          write_plans_variant)
 from nnunetv2_llm4seg.held_out import HeldOutSplit, held_out_fold, parse_split, write_held_out_fold
 from nnunetv2_llm4seg.metrics import METRICS, case_metrics
 from nnunetv2_llm4seg.report import plot_differences, plot_per_case, plot_training_curves, write_csv
@@ -334,8 +335,10 @@ def run_row(study: Study, dataset: str, entry: DatasetEntry, plans: dict[int, st
     return result
 
 
-def _collect_run(result: RowResult, run: Any, fold: int, seed: int, metadata: dict[str, dict[str, str]]) -> None:
-    """Add one trained run's per-case metrics, mean Dice, curves, parameter counts and time to the row."""
+def _collect_run(result: RowResult, run: TrainingRun, fold: int, seed: int,
+                 metadata: dict[str, dict[str, str]]) -> None:
+    """Add one trained run's per-case metrics (with each case's patient and device), curves, parameter counts and
+    training time to the row."""
     summary = json.loads((run.fold_folder / "validation" / "summary.json").read_text())
     dataset_json = json.loads((run.model_folder / "dataset.json").read_text())
     cases = {(seed, case): {**metrics, "fold": fold, "seed": seed, "patient": metadata.get(case, {}).get("patient", ""),
@@ -352,9 +355,9 @@ def _collect_run(result: RowResult, run: Any, fold: int, seed: int, metadata: di
 # ---------------------------------------------------------------- tables and figures
 
 def mean_curves(result: RowResult) -> dict[str, list[float]]:
-    """Each per-epoch curve averaged over the row's folds (epochs all folds reached)."""
-    folds = list(result.curves.values())
-    return {key: [float(np.mean(values)) for values in zip(*(fold[key] for fold in folds))] for key in CURVES}
+    """Each per-epoch curve averaged over the row's runs (fold x seed; epochs all runs reached)."""
+    runs = list(result.curves.values())
+    return {key: [float(np.mean(values)) for values in zip(*(run[key] for run in runs))] for key in CURVES}
 
 
 CURVES_HEADER = ["dataset", "row", "fold", "seed", "epoch", "train_loss", "val_loss", "pseudo_dice",
@@ -377,6 +380,7 @@ def case_records(results: list[RowResult]) -> list[CaseRecord]:
 
 
 def per_case_rows(records: list[CaseRecord]) -> list[list[object]]:
+    """The STEM_per_case.csv rows (PER_CASE_HEADER) of the records."""
     return [[c.dataset, c.row, c.trainer, c.fold, c.seed, c.case, c.patient, c.device,
              *(c.metrics[key] for key in METRICS)] for c in records]
 
