@@ -113,7 +113,8 @@ class RowResult:
     dataset: str
     row: str
     trainer: str
-    cases: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)  # (seed, case) -> fold, metadata, metrics
+    # (seed, case) -> fold, seed, patient, device and the METRICS of that case in that run
+    cases: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)
     curves: dict[tuple[int, int], dict[str, list[float]]] = field(default_factory=dict)  # (fold, seed) -> per epoch
     trainable_params: int = 0
     frozen_params: int = 0
@@ -376,7 +377,8 @@ def case_records(results: list[RowResult]) -> list[CaseRecord]:
     """One record per dataset, row, run (fold, seed) and case, with the case's patient and device."""
     return [CaseRecord(r.dataset, r.row, r.trainer, m["fold"], seed, case, m["patient"], m["device"],
                        {key: m[key] for key in METRICS})
-            for r in results for (seed, case), m in sorted(r.cases.items(), key=lambda item: (item[1]["fold"], item[0]))]
+            for r in results
+            for (seed, case), m in sorted(r.cases.items(), key=lambda item: (item[1]["fold"], item[0]))]
 
 
 def per_case_rows(records: list[CaseRecord]) -> list[list[object]]:
