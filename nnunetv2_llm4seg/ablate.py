@@ -57,7 +57,9 @@ def add_ablate_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--iterations", type=int, default=Study.iterations, help="training iterations per epoch")
     parser.add_argument("--caps", default="auto", help="patch, feature and batch caps: auto (128,256,4 on a CPU, "
                                                        "none on a GPU), none, or PATCH,FEATURES,BATCH")
-    parser.add_argument("--seed", type=int, default=Study.seed, help="generators are seeded with seed + fold")
+    parser.add_argument("--seed", type=int, default=Study.seed,
+                        help="generators are seeded with seed + fold; seed > 0 trains into its own plans copy "
+                             "(..._seed{s}), so runs of different seeds never share a results folder")
     parser.add_argument("-p", "--plans", default="nnUNetPlans", help="nnU-Net plans identifier to start from")
     parser.add_argument("--device", choices=("cpu", "cuda", "mps"), default=None,
                         help="default: cuda if available, else cpu")
