@@ -3,8 +3,9 @@
 Rows: stock nnU-Net, LLM4Seg frozen, Unfrozen, RandomInit, AdaptersOnly (any subset, any preset; or any
 trainer class name, e.g. the CMUNeXt trainers). Every row trains with the same schedule, caps and seeds on the
 same folds (those of the dataset's splits_final.json) through nnU-Net's own trainer and validation. The table
-reports nnU-Net's Dice/IoU and the paper protocol's IoU/F1, and against the baseline row a bootstrap CI, a
-Wilcoxon test and a verdict (see `llm4seg study`, of which this is the one-dataset case). The rows share one
+reports nnU-Net's Dice/IoU and the paper protocol's IoU/F1, and against the baseline row case- and run-level
+differences with adjusted CIs and tests and a verdict naming its level (see `llm4seg study`, of which this is the
+one-dataset case). The rows share one
 plans copy named after preset, schedule and caps, so results of different settings never mix; finished folds
 are skipped and interrupted ones continue when the command is run again. On a CPU, patch, features and batch
 are capped (128/256/4) unless --caps says otherwise.
@@ -56,7 +57,9 @@ def add_ablate_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--iterations", type=int, default=Study.iterations, help="training iterations per epoch")
     parser.add_argument("--caps", default="auto", help="patch, feature and batch caps: auto (128,256,4 on a CPU, "
                                                        "none on a GPU), none, or PATCH,FEATURES,BATCH")
-    parser.add_argument("--seed", type=int, default=Study.seed, help="generators are seeded with seed + fold")
+    parser.add_argument("--seed", type=int, default=Study.seed,
+                        help="generators are seeded with seed + fold; seed > 0 trains into its own plans copy "
+                             "(..._seed{s}), so runs of different seeds never share a results folder")
     parser.add_argument("-p", "--plans", default="nnUNetPlans", help="nnU-Net plans identifier to start from")
     parser.add_argument("--device", choices=("cpu", "cuda", "mps"), default=None,
                         help="default: cuda if available, else cpu")

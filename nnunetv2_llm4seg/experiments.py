@@ -217,7 +217,7 @@ def train_fold(dataset: str, configuration: str, fold: int, trainer_name: str, p
     seconds = _epoch_seconds(trainer.logger.get_checkpoint())
     (fold_folder / "llm4seg_schedule.json").write_text(json.dumps(
         {"epochs": schedule.epochs, "iterations_per_epoch": schedule.iterations, "device": device,
-         "seconds": round(seconds, 1)}, indent=2))
+         "seconds": round(seconds, 1), "seed": seed}, indent=2))
     return TrainingRun(trainer_name, fold_folder, seconds, *trainable_and_frozen(trainer.network), skipped=False)
 
 

@@ -3,16 +3,23 @@
 Every row trains with the same schedule, caps and seed policy (torch, numpy and random seeded with seed + fold
 before each fold) through nnU-Net's own trainer, validation and splits; finished folds are skipped and
 interrupted ones continue from their latest checkpoint when the command is run again. Per row and dataset the
-tables give both metric protocols (see metrics.py), mean ± std over folds and over cases, and against the
-baseline row: the mean per-case Dice difference with a bootstrap 95% confidence interval, a paired two-sided
-Wilcoxon signed-rank test and a plain-words verdict. `llm4seg ablate` is a study of one dataset.
+tables give both metric protocols (see metrics.py), mean ± sd over runs and over cases, and against the
+baseline row the Dice difference at the case level (patients resampled where the dataset has patient ids) and
+at the run level (fold x seed), Holm-adjusted within each dataset, with a verdict naming the level it rests on
+(evidence.py, stats.py). `llm4seg ablate` is a study of one dataset.
 
 A STUDY.json (paths relative to the file; only "datasets" and "rows" are required):
 
-    {"datasets": ["Dataset120_KvasirSEG", {"dataset": "121", "folds": [0, 1, 2]}],
+    {"datasets": ["Dataset120_KvasirSEG", {"dataset": "121", "folds": [0, 1, 2]},
+                  {"dataset": "501", "split": {"by": "device", "train": ["GE Logiq 7 @10-14MHz"]}}],
      "rows": ["stock", "frozen", "nnUNetTrainerCMUNeXt"], "baseline": "stock", "preset": "minilm-l6",
      "configuration": "2d", "folds": [0, 1, 2, 3, 4], "epochs": 50, "iterations": 250, "caps": "auto",
-     "device": "cuda", "seed": 0, "plans": "nnUNetPlans", "output": "study_results"}
+     "device": "cuda", "seeds": [0, 1, 2], "plans": "nnUNetPlans", "output": "study_results"}
+
+"seeds": one training run per fold and seed (default: [seed], seed defaulting to 0); seed 0 trains into nnU-Net's
+usual results folder TRAINER__PLANS__CONFIGURATION, seed s > 0 into a plans copy named PLANS_seed{s}, so every
+run has its own folder. A dataset entry's "split" replaces its folds by one held-out split (see held_out.py):
+train on the cases whose case_metadata.csv column has the given values, validate on the rest.
 """
 from __future__ import annotations
 
@@ -20,7 +27,6 @@ import argparse
 import contextlib
 import io
 import json
-import math
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -29,13 +35,16 @@ from typing import Any
 
 import numpy as np
 
+from nnunetv2_llm4seg.case_metadata import read_case_metadata
+from nnunetv2_llm4seg.evidence import CaseRecord, baseline_of, pair, summary_rows, write_summary
 from nnunetv2_llm4seg.experiments import (CURVES, ExperimentError, Schedule, cpu_friendly_defaults,
-                                          plan_and_preprocess, train_fold, training_curves, write_plans_variant)
-from nnunetv2_llm4seg.metrics import METRICS, NNUNET_LABEL, PAPER_LABEL, case_metrics
+                                          TrainingRun, plan_and_preprocess, train_fold, training_curves,
+                                          write_plans_variant)
+from nnunetv2_llm4seg.held_out import HeldOutSplit, held_out_fold, parse_split, write_held_out_fold
+from nnunetv2_llm4seg.metrics import METRICS, case_metrics
 from nnunetv2_llm4seg.paths import (check_output, claim_output, dataset_name, plans_identifier,
                                     relative_to_file)
-from nnunetv2_llm4seg.report import (markdown_table, mean_std, plot_differences, plot_per_case, plot_training_curves,
-                                     write_csv, write_text)
+from nnunetv2_llm4seg.report import plot_differences, plot_per_case, plot_training_curves, write_csv
 
 ROWS = {
     "stock": "nnUNetTrainer",
@@ -68,10 +77,9 @@ CPU_CAPS = (128, 256, 4)  # patch, features, batch: as the demo (nnU-Net plans b
 MIN_CAPS = (16, 4, 1)
 STANDARD_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
 IMAGE_2D_ENDINGS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
-ALPHA = 0.05
 KEYS = {"datasets", "rows", "baseline", "preset", "configuration", "folds", "epochs", "iterations", "caps",
-        "device", "seed", "plans", "output"}
-DATASET_KEYS = {"dataset", "configuration", "folds", "plans"}
+        "device", "seed", "seeds", "plans", "output"}
+DATASET_KEYS = {"dataset", "configuration", "folds", "plans", "split"}
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,7 @@ class DatasetEntry:
     configuration: str = "2d"
     folds: tuple[int, ...] = (0,)
     plans: str = "nnUNetPlans"
+    split: HeldOutSplit | None = None  # set: one held-out fold (its index is resolved at run time) replaces folds
 
 
 @dataclass(frozen=True)
@@ -93,10 +102,15 @@ class Study:
     iterations: int = 250
     caps: tuple[int, int, int] | None = None
     device: str = "cuda"
-    seed: int = 0
+    seed: int = 0  # the bootstrap's seed, and the only training seed when `seeds` is empty
+    seeds: tuple[int, ...] = ()
     stem: str = "study"
     progress: bool = True
     command: str = "study"  # the command whose output marker the output folder carries (study or ablate)
+
+    @property
+    def training_seeds(self) -> tuple[int, ...]:
+        return self.seeds or (self.seed,)
 
 
 @dataclass
@@ -104,9 +118,9 @@ class RowResult:
     dataset: str
     row: str
     trainer: str
-    cases: dict[str, dict[str, float]] = field(default_factory=dict)
-    fold_dice: list[float] = field(default_factory=list)
-    curves: dict[int, dict[str, list[float]]] = field(default_factory=dict)  # fold -> per-epoch values
+    # (seed, case) -> fold, seed, patient, device and the METRICS of that case in that run
+    cases: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)
+    curves: dict[tuple[int, int], dict[str, list[float]]] = field(default_factory=dict)  # (fold, seed) -> per epoch
     trainable_params: int = 0
     frozen_params: int = 0
     seconds: float = 0.0
@@ -200,19 +214,22 @@ def _available_folds(dataset: str) -> tuple[str, int]:
 
 
 def check_dataset(entry: DatasetEntry) -> str:
-    """The dataset's name after checking its folds, configuration and plans; nothing is written."""
+    """The dataset's name after checking its folds (or held-out split), configuration and plans; nothing is
+    written."""
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
 
     plans_identifier(entry.plans, f"plans of {entry.reference}")
     dataset = _dataset_name(entry.reference)
-    if not entry.folds:
+    if entry.split is not None:
+        held_out_fold(entry.split, Path(str(nnUNet_raw)) / dataset, Path(str(nnUNet_preprocessed)) / dataset)
+    elif not entry.folds:
         raise ExperimentError(f"{dataset}: no folds given.")
     for fold in entry.folds:
         _positive(fold, f"{dataset}: fold", minimum=0)
     if len(set(entry.folds)) != len(entry.folds):
         raise ExperimentError(f"{dataset}: folds {list(entry.folds)} repeat a fold; name each fold once.")
     source, count = _available_folds(dataset)
-    missing = [fold for fold in entry.folds if fold >= count]
+    missing = [fold for fold in entry.folds if fold >= count and entry.split is None]
     if missing:
         raise ExperimentError(f"{dataset}: fold(s) {', '.join(map(str, missing))} do not exist in {source}, which "
                               f"has folds 0-{count - 1}; nnU-Net would silently train on a random 80:20 split "
@@ -248,12 +265,13 @@ def _plans_entry(preset: str) -> Any:
     return preset if spec.name == preset else spec.to_dict()
 
 
-def plans_name(study: Study, plans: str) -> str:
-    """One plans copy per preset, schedule and caps, so results of different settings never mix."""
+def plans_name(study: Study, plans: str, seed: int = 0) -> str:
+    """One plans copy per preset, schedule, caps and training seed (seed 0 unmarked), so results of different
+    settings never mix."""
     preset = re.sub(r"[^A-Za-z0-9.-]+", "-", Path(study.preset).stem if study.preset.endswith(".json")
                     else study.preset)
     caps = f"_cap{'-'.join(map(str, study.caps))}" if study.caps else ""
-    return f"{plans}_llm4seg-{preset}_{study.epochs}x{study.iterations}{caps}"
+    return f"{plans}_llm4seg-{preset}_{study.epochs}x{study.iterations}{caps}{f'_seed{seed}' if seed else ''}"
 
 
 def validate(study: Study) -> tuple[list[str], Any]:
@@ -261,13 +279,22 @@ def validate(study: Study) -> tuple[list[str], Any]:
     _positive(study.epochs, "epochs")
     _positive(study.iterations, "iterations (training iterations per epoch)")
     _positive(study.seed, "seed", minimum=0)
+    for seed in study.seeds:
+        _positive(seed, "seeds: each seed", minimum=0)
+    if len(set(study.seeds)) != len(study.seeds):
+        raise ExperimentError(f"seeds {list(study.seeds)} repeat a seed; name each seed once.")
     if study.caps is not None:
         resolve_caps(list(study.caps), study.device)
     if not study.datasets:
         raise ExperimentError("no datasets given.")
     check_rows(study.rows, study.baseline)
     entry = _plans_entry(study.preset)
-    return [check_dataset(d) for d in study.datasets], entry
+    names = [check_dataset(d) for d in study.datasets]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ExperimentError(f"dataset(s) {', '.join(repeated)} given twice: name each dataset once (a held-out "
+                              "split and cross-validation folds of one dataset go into two studies).")
+    return names, entry
 
 
 # ---------------------------------------------------------------- running
@@ -292,160 +319,105 @@ def _ensure_preprocessed(dataset: str, entry: DatasetEntry, log: Path) -> None:
                               f"{entry.plans} -c {entry.configuration}.")
 
 
-def run_row(study: Study, dataset: str, entry: DatasetEntry, plans: str, row: str, log: Path) -> RowResult:
-    """Train (or reuse) every fold of one row and collect both protocols' per-case metrics."""
+def _check_run_seed(fold_folder: Path, seed: int) -> None:
+    """A reused run must have been trained with the seed asked for (runs from before seeds were recorded pass)."""
+    schedule_file = fold_folder / "llm4seg_schedule.json"
+    recorded = json.loads(schedule_file.read_text()).get("seed") if schedule_file.is_file() else None
+    if recorded is not None and recorded != seed:
+        raise ExperimentError(f"{fold_folder} was trained with seed {recorded}, this study asks for seed {seed}: "
+                              "move that folder away or change the study's seeds.")
+
+
+def run_row(study: Study, dataset: str, entry: DatasetEntry, plans: dict[int, str], folds: tuple[int, ...],
+            row: str, metadata: dict[str, dict[str, str]], log: Path) -> RowResult:
+    """Train (or reuse) every fold x seed run of one row (plans: seed -> plans name) and collect both protocols'
+    per-case metrics with the cases' metadata."""
     schedule = Schedule(study.epochs, study.iterations, val_iterations=max(1, study.iterations // 5))
     result = RowResult(dataset, row, trainer_name(row))
-    for fold in entry.folds:
-        run = train_fold(dataset, entry.configuration, fold, result.trainer, plans, schedule, study.device, log,
-                         validate=True, progress=study.progress, seed=study.seed + fold)
-        summary = json.loads((run.fold_folder / "validation" / "summary.json").read_text())
-        dataset_json = json.loads((run.model_folder / "dataset.json").read_text())
-        cases = {case: {**metrics, "fold": fold} for case, metrics in case_metrics(summary, dataset_json).items()}
-        result.cases.update(cases)
-        result.fold_dice.append(mean_std([c["Dice"] for c in cases.values()])[0])
-        result.curves[fold] = training_curves(run.fold_folder)
-        result.trainable_params, result.frozen_params = run.trainable_params, run.frozen_params
-        schedule_file = run.fold_folder / "llm4seg_schedule.json"
-        if schedule_file.is_file():
-            result.seconds += json.loads(schedule_file.read_text())["seconds"]
+    for seed in study.training_seeds:
+        for fold in folds:
+            run = train_fold(dataset, entry.configuration, fold, result.trainer, plans[seed], schedule, study.device,
+                             log, validate=True, progress=study.progress, seed=seed + fold)
+            _check_run_seed(run.fold_folder, seed + fold)
+            _collect_run(result, run, fold, seed, metadata)
     return result
 
 
-# ---------------------------------------------------------------- statistics
-
-def paired_differences(baseline: dict[str, dict], other: dict[str, dict], metric: str = "Dice") -> list[float]:
-    """Per-case differences other - baseline for the cases both have a finite value for."""
-    return [other[c][metric] - baseline[c][metric] for c in sorted(set(baseline) & set(other))
-            if not (math.isnan(other[c][metric]) or math.isnan(baseline[c][metric]))]
-
-
-@dataclass(frozen=True)
-class Comparison:
-    pairs: int
-    mean_difference: float
-    ci_low: float
-    ci_high: float
-    p_value: float
-    verdict: str
-
-
-def compare(differences: list[float], baseline: str, seed: int) -> Comparison:
-    """Bootstrap 95% CI of the mean difference (percentile, 10,000 resamples, fixed seed) and a paired
-    two-sided Wilcoxon signed-rank test; significant only when the CI excludes 0 and p < 0.05."""
-    from scipy.stats import bootstrap, wilcoxon
-
-    if len(differences) < 2:
-        return Comparison(len(differences), mean_std(differences)[0], math.nan, math.nan, math.nan,
-                          "too few paired cases to compare")
-    values = np.asarray(differences, dtype=float)
-    mean = float(values.mean())
-    if np.all(values == values[0]):
-        low = high = float(values[0])
-        p_value = 1.0 if values[0] == 0 else float(wilcoxon(values).pvalue)
-    else:
-        interval = bootstrap((values,), np.mean, confidence_level=0.95, n_resamples=10_000, method="percentile",
-                             random_state=np.random.default_rng(seed)).confidence_interval
-        low, high = float(interval.low), float(interval.high)
-        p_value = float(wilcoxon(values).pvalue)
-    if low <= 0 <= high or p_value >= ALPHA:
-        verdict = "no significant difference"
-    else:
-        verdict = f"{'better' if mean > 0 else 'worse'} than {baseline}"
-    return Comparison(len(differences), mean, low, high, p_value, verdict)
+def _collect_run(result: RowResult, run: TrainingRun, fold: int, seed: int,
+                 metadata: dict[str, dict[str, str]]) -> None:
+    """Add one trained run's per-case metrics (with each case's patient and device), curves, parameter counts and
+    training time to the row."""
+    summary = json.loads((run.fold_folder / "validation" / "summary.json").read_text())
+    dataset_json = json.loads((run.model_folder / "dataset.json").read_text())
+    cases = {(seed, case): {**metrics, "fold": fold, "seed": seed, "patient": metadata.get(case, {}).get("patient", ""),
+                            "device": metadata.get(case, {}).get("device", "")}
+             for case, metrics in case_metrics(summary, dataset_json).items()}
+    result.cases.update(cases)
+    result.curves[fold, seed] = training_curves(run.fold_folder)
+    result.trainable_params, result.frozen_params = run.trainable_params, run.frozen_params
+    schedule_file = run.fold_folder / "llm4seg_schedule.json"
+    if schedule_file.is_file():
+        result.seconds += json.loads(schedule_file.read_text())["seconds"]
 
 
 # ---------------------------------------------------------------- tables and figures
 
-HEADER = ["dataset", "row", "trainer", "cases", "Dice (folds)", "Dice (cases)", "IoU (cases)", "paper IoU",
-          "paper F1", "vs", "ΔDice vs baseline [95% CI]", "p (Wilcoxon)", "verdict", "trainable params",
-          "frozen params", "train time (s)"]
-CSV_HEADER = ["dataset", "row", "trainer", "cases", "folds", "dice_fold_mean", "dice_fold_std", "dice_mean",
-              "dice_std", "iou_mean", "iou_std", "paper_iou_mean", "paper_iou_std", "paper_f1_mean",
-              "paper_f1_std", "baseline", "paired_cases", "delta_dice_mean", "delta_dice_ci_low",
-              "delta_dice_ci_high", "p_wilcoxon", "verdict", "trainable_params", "frozen_params", "train_seconds"]
-
-
-def _cell(pair: tuple[float, float]) -> str:
-    return f"{pair[0]:.4f} ± {pair[1]:.4f}"
-
-
-def baseline_of(row: str, rows: tuple[str, ...], baseline: str | None) -> str | None:
-    """The row a row is compared with: CMUNeXt booster rows with plain CMUNeXt when it is a row (the booster's
-    effect on its own backbone), every other row with the study's baseline."""
-    if row.startswith("cmunext-") and "cmunext" in rows:
-        return "cmunext"
-    return baseline
-
-
-def summarise(results: list[RowResult], baseline: str | None, seed: int
-              ) -> tuple[list[list[str]], list[list[object]], dict[str, list[float]]]:
-    """Markdown rows, CSV rows and per-case Dice differences (label -> values) for the plot."""
-    markdown, csv_rows, differences = [], [], {}
-    rows = tuple(dict.fromkeys(r.row for r in results))
-    for result in results:
-        stats = {key: mean_std([c[key] for c in result.cases.values()]) for key in METRICS}
-        folds = mean_std(result.fold_dice)
-        versus = baseline_of(result.row, rows, baseline)
-        reference = next((r for r in results if r.dataset == result.dataset and r.row == versus), None)
-        comparison = None
-        if reference is not None and reference is not result:
-            diffs = paired_differences(reference.cases, result.cases)
-            comparison = compare(diffs, versus, seed)
-            differences[f"{result.dataset[11:] or result.dataset}: {result.row}"] = diffs
-        verdict = comparison.verdict if comparison else ("baseline" if reference is result else "-")
-        delta = (f"{comparison.mean_difference:+.4f} [{comparison.ci_low:+.4f}, {comparison.ci_high:+.4f}]"
-                 if comparison else "-")
-        markdown.append([result.dataset, result.row, result.trainer, str(len(result.cases)), _cell(folds),
-                         *(_cell(stats[key]) for key in METRICS), versus if comparison else "-", delta,
-                         f"{comparison.p_value:.3g}" if comparison else "-", verdict,
-                         f"{result.trainable_params:,}", f"{result.frozen_params:,}", f"{result.seconds:.0f}"])
-        nan = float("nan")
-        csv_rows.append([result.dataset, result.row, result.trainer, len(result.cases), len(result.fold_dice),
-                         *folds, *(v for key in METRICS for v in stats[key]),
-                         versus if comparison else "", comparison.pairs if comparison else 0,
-                         *((comparison.mean_difference, comparison.ci_low, comparison.ci_high, comparison.p_value)
-                           if comparison else (nan, nan, nan, nan)), verdict,
-                         result.trainable_params, result.frozen_params, round(result.seconds, 1)])
-    return markdown, csv_rows, differences
-
-
 def mean_curves(result: RowResult) -> dict[str, list[float]]:
-    """Each per-epoch curve averaged over the row's folds (epochs all folds reached)."""
-    folds = list(result.curves.values())
-    return {key: [float(np.mean(values)) for values in zip(*(fold[key] for fold in folds))] for key in CURVES}
+    """Each per-epoch curve averaged over the row's runs (fold x seed; epochs all runs reached)."""
+    runs = list(result.curves.values())
+    return {key: [float(np.mean(values)) for values in zip(*(run[key] for run in runs))] for key in CURVES}
+
+
+CURVES_HEADER = ["dataset", "row", "fold", "seed", "epoch", "train_loss", "val_loss", "pseudo_dice",
+                 "ema_pseudo_dice"]
+PER_CASE_HEADER = ["dataset", "row", "trainer", "fold", "seed", "case", "patient", "device", *METRICS]
 
 
 def curve_rows(results: list[RowResult]) -> list[list[object]]:
-    """One CSV row per dataset, row, fold and epoch."""
-    return [[r.dataset, r.row, fold, epoch + 1, *(curves[key][epoch] for key in CURVES)]
-            for r in results for fold, curves in sorted(r.curves.items())
+    """One CSV row per dataset, row, fold, seed and epoch."""
+    return [[r.dataset, r.row, fold, seed, epoch + 1, *(curves[key][epoch] for key in CURVES)]
+            for r in results for (fold, seed), curves in sorted(r.curves.items())
             for epoch in range(len(curves["ema_fg_dice"]))]
+
+
+def case_records(results: list[RowResult]) -> list[CaseRecord]:
+    """One record per dataset, row, run (fold, seed) and case, with the case's patient and device."""
+    return [CaseRecord(r.dataset, r.row, r.trainer, m["fold"], seed, case, m["patient"], m["device"],
+                       {key: m[key] for key in METRICS})
+            for r in results
+            for (seed, case), m in sorted(r.cases.items(), key=lambda item: (item[1]["fold"], item[0]))]
+
+
+def per_case_rows(records: list[CaseRecord]) -> list[list[object]]:
+    """The STEM_per_case.csv rows (PER_CASE_HEADER) of the records."""
+    return [[c.dataset, c.row, c.trainer, c.fold, c.seed, c.case, c.patient, c.device,
+             *(c.metrics[key] for key in METRICS)] for c in records]
 
 
 def write_outputs(study: Study, results: list[RowResult], title: str) -> list[Path]:
     """STEM.md, STEM.csv, STEM_per_case.csv, STEM_dice.png, STEM_differences.png, STEM_curves.csv and
-    STEM_curves.png (per-epoch losses and pseudo Dice, mean over folds) in the output folder."""
+    STEM_curves.png (per-epoch losses and pseudo Dice, mean over runs) in the output folder."""
     output, stem = study.output, study.stem
-    markdown, csv_rows, differences = summarise(results, study.baseline, study.seed)
-    legend = (f"Dice (folds): mean ± std over folds of each fold's mean case Dice; other metrics: mean ± std over "
-              f"cases. {NNUNET_LABEL}; {PAPER_LABEL}. ΔDice: mean per-case difference to the row in 'vs' (the "
-              f"baseline {study.baseline or 'none'}; CMUNeXt booster rows: plain CMUNeXt) on the same cases, "
-              f"bootstrap 95% CI (percentile, 10,000 resamples, seed {study.seed}); p: paired two-sided Wilcoxon signed-rank test on per-case Dice; verdict "
-              "'no significant difference' when the CI contains 0 or p >= 0.05.")
+    records = case_records(results)
+    rows = tuple(dict.fromkeys(r.row for r in results))
+    versus = {row: baseline_of(row, rows, study.baseline) for row in rows}
+    extras = {(r.dataset, r.row): (r.trainable_params, r.frozen_params, round(r.seconds, 1)) for r in results}
+    subset_by = {dataset: entry.split.by if entry.split else None
+                 for dataset, entry in zip(dict.fromkeys(r.dataset for r in results), study.datasets)}
+    summary = summary_rows(records, versus.get, extras, study.seed, subset_by)
+    differences = {f"{r.dataset[11:] or r.dataset}: {r.row}": pair(
+        [c for c in records if c.dataset == r.dataset and c.row == versus[r.row]],
+        [c for c in records if c.dataset == r.dataset and c.row == r.row]).case_differences
+        for r in results if versus[r.row] not in (None, r.row)}
     paths = [output / f"{stem}{suffix}" for suffix in (".md", ".csv", "_per_case.csv", "_dice.png",
                                                         "_differences.png", "_curves.csv", "_curves.png")]
     try:
-        write_text(paths[0], f"{title}\n\n{legend}\n\n{markdown_table(HEADER, markdown)}\n")
-        write_csv(paths[1], CSV_HEADER, csv_rows)
-        write_csv(paths[2], ["dataset", "row", "trainer", "fold", "case", *METRICS],
-                  [[r.dataset, r.row, r.trainer, m["fold"], case, *(m[key] for key in METRICS)]
-                   for r in results for case, m in sorted(r.cases.items())])
+        write_summary(output, stem, title, study.baseline, study.seed, summary)
+        write_csv(paths[2], PER_CASE_HEADER, per_case_rows(records))
         plot_per_case({f"{r.dataset[11:] or r.dataset}: {r.row}": [c["Dice"] for c in r.cases.values()]
                        for r in results}, "Dice", paths[3])
         plot_differences(differences, f"Dice - Dice of {study.baseline}", paths[4])
-        write_csv(paths[5], ["dataset", "row", "fold", "epoch", "train_loss", "val_loss", "pseudo_dice",
-                             "ema_pseudo_dice"], curve_rows(results))
+        write_csv(paths[5], CURVES_HEADER, curve_rows(results))
         plot_training_curves({f"{r.dataset[11:] or r.dataset}: {r.row}": mean_curves(r) for r in results}, paths[6])
     except OSError as error:
         raise ExperimentError(f"cannot write the tables into {output} ({error.strerror}): free some space or "
@@ -456,7 +428,7 @@ def write_outputs(study: Study, results: list[RowResult], title: str) -> list[Pa
 
 def run_study(study: Study) -> list[Path]:
     """Validate everything, then train what is missing and write the tables; returns the written files."""
-    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
 
     cpu_friendly_defaults(study.device)  # before nnU-Net's modules read them at import
     study = replace(study, baseline=study.baseline or default_baseline(study.rows))
@@ -470,18 +442,23 @@ def run_study(study: Study) -> list[Path]:
     check_output(study.output, study.command, OUTPUT_OPTION[study.command])
     claim_output(study.output, study.command, OUTPUT_OPTION[study.command])
     log = study.output / "nnunet.log"
-    results = []
+    results, described = [], []
     for dataset, entry in zip(datasets, study.datasets):
+        raw, preprocessed = Path(str(nnUNet_raw)) / dataset, Path(str(nnUNet_preprocessed)) / dataset
         _ensure_preprocessed(dataset, entry, log)
-        plans = write_plans_variant(Path(str(nnUNet_preprocessed)) / dataset, entry.plans,
-                                    plans_name(study, entry.plans), entry.configuration, caps=study.caps,
-                                    llm4seg_entry=llm4seg_entry)
-        results += [run_row(study, dataset, entry, plans, row, log) for row in study.rows]
-    folds = "; ".join(f"{d} ({e.configuration}) folds {', '.join(map(str, e.folds))}"
-                      for d, e in zip(datasets, study.datasets))
+        folds = (write_held_out_fold(entry.split, raw, preprocessed),) if entry.split else entry.folds
+        plans = {seed: write_plans_variant(preprocessed, entry.plans, plans_name(study, entry.plans, seed),
+                                           entry.configuration, caps=study.caps, llm4seg_entry=llm4seg_entry)
+                 for seed in study.training_seeds}
+        metadata = read_case_metadata(raw)
+        results += [run_row(study, dataset, entry, plans, folds, row, metadata, log) for row in study.rows]
+        described.append(f"{dataset} ({entry.configuration}) " + (
+            f"held-out split fold {folds[0]}: {entry.split.label()}, validated on the rest" if entry.split
+            else f"folds {', '.join(map(str, folds))}"))
     caps = f"caps patch/features/batch {'/'.join(map(str, study.caps))}" if study.caps else "no caps"
-    title = (f"LLM4Seg {study.stem}: {folds}; preset {study.preset}; {study.epochs} epochs x {study.iterations} "
-             f"iterations, {caps}, device {study.device}, seed {study.seed} + fold.")
+    title = (f"LLM4Seg {study.stem}: {'; '.join(described)}; preset {study.preset}; {study.epochs} epochs x "
+             f"{study.iterations} iterations, {caps}, device {study.device}, seed(s) "
+             f"{', '.join(map(str, study.training_seeds))} + fold.")
     return write_outputs(study, results, title)
 
 
@@ -501,7 +478,14 @@ def _dataset_entry(item: Any, defaults: dict[str, Any]) -> DatasetEntry:
     folds = merged["folds"]
     if not isinstance(folds, list):
         raise ExperimentError(f"folds must be a list of fold numbers, got {folds!r}.")
-    return DatasetEntry(str(merged["dataset"]), str(merged["configuration"]), tuple(folds), str(merged["plans"]))
+    split = None
+    if "split" in item:
+        if "folds" in item:
+            raise ExperimentError(f"datasets: {item['dataset']!r} gives both \"folds\" and \"split\"; a held-out "
+                                  "split is one fold of its own: keep one of the two.")
+        split, folds = parse_split(item["split"], f"datasets: {item['dataset']!r}"), []
+    return DatasetEntry(str(merged["dataset"]), str(merged["configuration"]), tuple(folds), str(merged["plans"]),
+                        split)
 
 
 def load_study(path: Path, device: str | None = None, progress: bool = True) -> Study:
@@ -536,7 +520,14 @@ def load_study(path: Path, device: str | None = None, progress: bool = True) -> 
                  baseline=data.get("baseline"), preset=preset,
                  epochs=data.get("epochs", Study.epochs), iterations=data.get("iterations", Study.iterations),
                  caps=resolve_caps(data.get("caps", "auto"), device), device=device,
-                 seed=data.get("seed", Study.seed), progress=progress)
+                 seed=data.get("seed", Study.seed), seeds=_seeds(data.get("seeds", [])), progress=progress)
+
+
+def _seeds(value: Any) -> tuple[int, ...]:
+    """The "seeds" list (values are checked by validate)."""
+    if not isinstance(value, list):
+        raise ExperimentError(f"seeds must be a list of integers >= 0, e.g. [0, 1, 2], got {value!r}.")
+    return tuple(value)
 
 
 def _default_device() -> str:

@@ -49,6 +49,17 @@ def dataset_with_three_folds(tmp_path, model):
     (folder / "splits_final.json").write_text(json.dumps(splits))
 
 
+def dataset_with_devices(tmp_path, model):
+    """The tiny dataset with a case_metadata.csv: three cases of device A, three of device B."""
+    dataset()(tmp_path, model)
+    rows = "".join(f"us_tr_{i:03d},p{i},{'A' if i < 3 else 'B'}\n" for i in range(6))
+    (tmp_path / "nnunet_raw" / "Dataset640_Tiny" / "case_metadata.csv").write_text("case,patient,device\n" + rows)
+
+
+def split_entry(**split) -> list[dict]:
+    return [{"dataset": "640", "split": split}]
+
+
 def non_empty_folder(tmp_path, model):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "results.md").write_text("my own results")
@@ -80,8 +91,9 @@ def full_disk(tmp_path, model, monkeypatch):
 
     monkeypatch.setattr(report.Path, "write_text", no_space)
     study = Study(datasets=(DatasetEntry("640"),), rows=("stock",), output=tmp_path / "old", baseline="stock")
-    cases = {"a": {"Dice": 0.5, "IoU": 0.3, "paper IoU": 0.3, "paper F1": 0.5, "fold": 0}}
-    write_outputs(study, [RowResult("Dataset640_Tiny", "stock", "nnUNetTrainer", cases, [0.5])], "title")
+    cases = {(0, "a"): {"Dice": 0.5, "IoU": 0.3, "paper IoU": 0.3, "paper F1": 0.5, "fold": 0, "seed": 0,
+                        "patient": "", "device": ""}}
+    write_outputs(study, [RowResult("Dataset640_Tiny", "stock", "nnUNetTrainer", cases)], "title")
 
 
 def old_tables(tmp_path, model):
@@ -258,6 +270,23 @@ CASES = {
         raises_run(predict_with_edited_plans), ("plans.json describes another LLM4Seg network",
                                                 "attention: 'causal' vs 'bidirectional'", "init_args"),
         plans_edited_after_training)),
+    "study: seeds not a list": case(study_file(seeds=3), ["seeds must be a list", "[0, 1, 2]"], dataset()),
+    "study: repeated seed": case(study_file(seeds=[0, 1, 0]), ["seeds [0, 1, 0]", "repeat a seed"], dataset()),
+    "study: negative seed": case(study_file(seeds=[-1]), ["seeds: each seed", ">= 0"], dataset()),
+    "study: dataset twice": case(study_file(datasets=["640", "Dataset640_Tiny"]), ["given twice", "two studies"],
+                                 dataset()),
+    "study: split and folds": case(study_file(datasets=[{"dataset": "640", "folds": [0], "split": {
+        "by": "device", "train": ["A"]}}]), ["both \"folds\" and \"split\""], dataset_with_devices),
+    "study: split without train values": case(study_file(datasets=split_entry(by="device")),
+                                              ["\"by\"", "\"train\""], dataset_with_devices),
+    "study: split on a dataset without metadata": case(study_file(datasets=split_entry(by="device", train=["A"])),
+                                                       ["no case_metadata.csv", "llm4seg convert"], dataset()),
+    "study: split on an unknown column": case(study_file(datasets=split_entry(by="centre", train=["A"])),
+                                              ["no 'centre'", "device, patient"], dataset_with_devices),
+    "study: split on an unknown device": case(study_file(datasets=split_entry(by="device", train=["Z"])),
+                                              ["no case has device 'Z'", "'A', 'B'"], dataset_with_devices),
+    "study: split that holds out nothing": case(study_file(datasets=split_entry(by="device", train=["A", "B"])),
+                                                ["none is held out"], dataset_with_devices),
     "study: full disk keeps the previous tables": BadInput(raises_run(full_disk),
                                                           ("cannot write the tables", "free some space"), old_tables),
 }

@@ -6,6 +6,7 @@ import csv
 import errno
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ import SimpleITK as sitk
 from PIL import Image
 
 from nnunetv2_llm4seg import converters
+from nnunetv2_llm4seg.case_metadata import read_case_metadata
+from nnunetv2_llm4seg.converters import busbra
 from nnunetv2_llm4seg.converters import output, pixels
 from nnunetv2_llm4seg.converters import ConversionError, add_convert_parser, convert_dataset
 from nnunetv2_llm4seg.errors import LLM4SegError
@@ -59,17 +62,20 @@ def _tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _busbra(root: Path, patients: dict[int, str], rows: list[dict] | None = None, folds: dict[str, int] | None = None):
-    """BUS-BRA layout: patient number -> sides ('lr' = bus_000N-l and bus_000N-r)."""
+def _busbra(root: Path, patients: dict[int, str], rows: list[dict] | None = None, folds: dict[str, int] | None = None,
+            devices: dict[int, str] | None = None):
+    """BUS-BRA layout: patient number -> sides ('lr' = bus_000N-l and bus_000N-r); `devices`: patient -> Device
+    column (left out without)."""
     ids = []
     for patient, sides in patients.items():
         for side in sides:
             ids.append((f"bus_{patient:04d}-{side}", patient))
             _save(root / "Images" / f"{ids[-1][0]}.png", _gray(patient))
             _save(root / "Masks" / f"mask_{patient:04d}-{side}.png", _box().astype(bool))  # mode "1" like BUS-BRA
-    rows = rows if rows is not None else [{"ID": i, "Case": p} for i, p in ids]
+    rows = rows if rows is not None else [{"ID": i, "Case": p, "Device": (devices or {}).get(p)} for i, p in ids]
+    columns = ["ID", "Case", "Histology", "Pathology", "BIRADS"] + (["Device"] if devices else [])
     with (root / "bus_data.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, ["ID", "Case", "Histology", "Pathology", "BIRADS"], extrasaction="ignore")
+        writer = csv.DictWriter(handle, columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows({"Histology": "x", "Pathology": "benign", "BIRADS": 3, **row} for row in rows)
     if folds:
@@ -162,6 +168,18 @@ def test_busbra_real_data_patient_folds(tmp_path, monkeypatch):
 
 
 @pytest.mark.realdata
+def test_busbra_real_data_metadata_has_patients_and_scanners(tmp_path):
+    source = _real("busbra")
+    with (source / "bus_data.csv").open(newline="") as handle:
+        table = {row["ID"]: (row["Case"], row["Device"]) for row in csv.DictReader(handle)}
+    assert {(c.case_id, c.patient, c.device) for c in busbra.list_cases(source)} == \
+        {(case_id, patient, device) for case_id, (patient, device) in table.items()}
+    assert Counter(device for _, device in table.values()) == {
+        "GE Logiq 7 @10-14MHz": 364, "GE Logiq 5 @10-12MHz": 324, "Toshiba Aplio 300 @12-14 MHz": 53,
+        "U-Systems @10-14MHz": 11}
+
+
+@pytest.mark.realdata
 def test_kvasir_real_data_rgb(tmp_path):
     source = _real("kvasir-seg")
     start = time.perf_counter()
@@ -170,7 +188,7 @@ def test_kvasir_real_data_rgb(tmp_path):
     info = json.loads((folder / "dataset.json").read_text())
     assert info["numTraining"] == 401 and info["channel_names"] == {"0": "R", "1": "G", "2": "B"}
     assert info["overwrite_image_reader_writer"] == "NaturalImage2DIO"
-    assert not (folder / "splits_final.json").exists()
+    assert not (folder / "splits_final.json").exists() and read_case_metadata(folder) == {}  # no patients
     image = sorted((folder / "imagesTr").iterdir())[0]
     assert _channels(image) == 3
     label = _read(folder / "labelsTr" / image.name.replace("_0000", ""))
@@ -179,6 +197,16 @@ def test_kvasir_real_data_rgb(tmp_path):
 
 # ---------------------------------------------------------------- fixtures laid out like the downloads
 
+def test_busbra_fixture_metadata_keeps_patient_and_device(tmp_path):
+    patients = {1: "lr", 2: "s", 3: "l", 4: "r", 5: "s"}
+    devices = {1: "GE Logiq 7", 2: "GE Logiq 5", 3: "GE Logiq 7", 4: "Toshiba", 5: "GE Logiq 5"}
+    folder = convert_dataset("busbra", _busbra(tmp_path / "src", patients, devices=devices), 8, tmp_path / "raw")
+    assert read_case_metadata(folder) == {f"bus_{p:04d}-{side}": {"patient": str(p), "device": devices[p]}
+                                          for p, sides in patients.items() for side in sides}
+    assert (folder / "case_metadata.csv").read_text().splitlines()[:2] == ["case,patient,device",
+                                                                          "bus_0001-l,1,GE Logiq 7"]
+
+
 def test_busbra_fixture_drawn_and_official_folds(tmp_path, monkeypatch):
     patients = {1: "lr", 2: "s", 3: "lrs", 4: "l", 5: "r", 6: "lr", 7: "s"}
     source = _busbra(tmp_path / "src", patients)
@@ -186,6 +214,7 @@ def test_busbra_fixture_drawn_and_official_folds(tmp_path, monkeypatch):
     folder = convert_dataset("busbra", source, 5, tmp_path / "raw")
     _patient_checks(json.loads((folder / "splits_final.json").read_text()), patient_of)
     assert set(np.unique(_read(folder / "labelsTr" / "bus_0003-s.png"))) == {0, 1}  # 1-bit mask binarised
+    assert read_case_metadata(folder) == {case: {"patient": patient} for case, patient in patient_of.items()}
 
     official = {case: (int(patient_of[case]) % 5) + 1 for case in patient_of}
     source = _busbra(tmp_path / "src2", patients, folds=official)

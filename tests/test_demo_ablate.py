@@ -98,11 +98,11 @@ def test_ablate_two_rows_writes_table_and_plot_and_skips_finished_folds(tmp_path
     output = project.results / "Dataset631_SyntheticUltrasound" / \
         "llm4seg_ablation__nnUNetPlans_llm4seg-minilm-l6_1x2_cap128-256-4__2d"  # CPU caps by default
     table = (output / "ablation.md").read_text()
-    assert "| stock | nnUNetTrainer | 2 |" in table and "| frozen | nnUNetTrainerLLM4Seg | 2 |" in table
+    assert "| all | stock | 2 | 1 |" in table and "| all | frozen | 2 | 1 |" in table  # 2 cases, 1 run
     assert "Wilcoxon" in table and "1,971,072" in table  # MiniLM's frozen layer + positions
     assert "paper protocol" in table and "| baseline |" in table
     rows = (output / "ablation.csv").read_text().splitlines()
-    assert rows[0].startswith("dataset,row,trainer,cases,folds,dice_fold_mean") and len(rows) == 3
+    assert rows[0].startswith("dataset,subset,row,trainer,cases,runs,dice_run_mean") and len(rows) == 3
     assert len((output / "ablation_per_case.csv").read_text().splitlines()) == 1 + 2 * 2  # 2 val cases per row
     for figure in ("ablation_dice.png", "ablation_differences.png"):
         assert (output / figure).stat().st_size > 1000

@@ -14,6 +14,7 @@ LAYERS = (
     ("cli",),
     ("ablate", "demo", "preflight"),
     ("study", "converters"),
+    ("held_out", "evidence"),
     ("experiments",),
     ("plans_variants",),
     ("nnunet_ext_trainers",),
@@ -24,7 +25,8 @@ LAYERS = (
     ("loading",),
     ("layers",),
     ("spec",),
-    ("families", "sources", "cmunext", "metrics", "report", "synthetic", "paths", "precision", "_ext_trainer_hook"),
+    ("families", "sources", "cmunext", "metrics", "report", "synthetic", "paths", "precision", "_ext_trainer_hook",
+     "case_metadata", "stats"),
     ("errors",),
 )
 RANK = {name: len(LAYERS) - index for index, layer in enumerate(LAYERS) for name in layer}

@@ -14,7 +14,8 @@ removes the partial output and leaves the raw folder as it was; an existing data
 `force=True` (`--force`).
 
 Output, in `DatasetNNN_NAME/` of the raw folder: `imagesTr/CASE_0000.png` and `labelsTr/CASE.png` (0/1 masks),
-`imagesTs/` + `labelsTs/` where the source has an official test split, `dataset.json`, and, where the source has
+`imagesTs/` + `labelsTs/` where the source has an official test split, `dataset.json`, `case_metadata.csv` where
+the source records patients, devices or categories (see nnunetv2_llm4seg.case_metadata), and, where the source has
 a patient-level split, `splits_final.json` (5 folds of whole patients). When `nnUNet_preprocessed` is set,
 `splits_final.json` is also copied to `$nnUNet_preprocessed/DatasetNNN_NAME/`; nnU-Net's planner copies it there
 itself when it is missing and refuses to plan when the copy there differs.

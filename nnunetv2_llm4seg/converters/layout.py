@@ -24,7 +24,8 @@ class LayoutError(ConversionError):
 @dataclass(frozen=True)
 class Case:
     """One image and its mask file(s); test cases go to imagesTs/labelsTs, patient and fold define the folds,
-    category is the source's own class of the image (benign, malignant, normal)."""
+    category is the source's own class of the image (benign, malignant, normal), device the scanner or centre
+    that acquired it."""
 
     case_id: str
     image: Path
@@ -33,6 +34,7 @@ class Case:
     patient: str | None = None
     fold: int | None = None
     category: str | None = None
+    device: str | None = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,12 @@ def read_column(path: Path, column: str, image_id: Callable[[str], str] = str) -
     if unsafe:
         raise ConversionError(f"{path}: IDs may only hold letters, digits, '_' and '-'; refused {listing(unsafe)}")
     return rows
+
+
+def has_column(path: Path, column: str) -> bool:
+    """Whether the CSV file's header names `column` (the file itself is checked by read_column)."""
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        return column in (next(csv.reader(handle), None) or ())
 
 
 def require_rows(cases: list[Case], table: dict[str, str], where: str) -> dict[str, str]:

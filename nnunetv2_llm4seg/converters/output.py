@@ -14,6 +14,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
+from nnunetv2_llm4seg.case_metadata import FILE_NAME as METADATA_FILE, metadata_text
 from nnunetv2_llm4seg.converters.layout import SAFE_NAME, Case, ConversionError, DatasetKind
 from nnunetv2_llm4seg.converters.pixels import image_array, read_label
 
@@ -147,7 +148,8 @@ def save_json(path: Path, content: object) -> None:
 
 def write_dataset(kind: DatasetKind, name: str, cases: list[Case], plan: ImagePlan | None, splits: list | None,
                   folder: Path) -> None:
-    """Write images, labels, dataset.json and splits_final.json into `folder` (plan None: NIfTI volumes)."""
+    """Write images, labels, dataset.json, case_metadata.csv (of the training cases: patient, device, category
+    where the source has them) and splits_final.json into `folder` (plan None: NIfTI volumes)."""
     for split in ("Tr", "Ts") if any(case.test for case in cases) else ("Tr",):
         (folder / f"images{split}").mkdir()
         (folder / f"labels{split}").mkdir()
@@ -158,6 +160,10 @@ def write_dataset(kind: DatasetKind, name: str, cases: list[Case], plan: ImagePl
         write_images(cases, folder, plan)
         channels, ending = (dict(RGB_CHANNELS) if plan.colour else {"0": kind.channel}), plan.file_ending
     save_json(folder / "dataset.json", dataset_json(kind, name, channels, cases, ending))
+    metadata = metadata_text({case.case_id: {"patient": case.patient, "device": case.device,
+                                             "category": case.category} for case in cases if not case.test})
+    if metadata is not None:
+        (folder / METADATA_FILE).write_text(metadata)
     if splits:
         save_json(folder / "splits_final.json", splits)
 
