@@ -19,10 +19,13 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from nnunetv2_llm4seg.errors import LLM4SegError
 from nnunetv2_llm4seg.paths import dataset_name, plans_identifier
+
+if TYPE_CHECKING:
+    import torch
 
 WARMUP_STEPS = 2  # compile (and cudnn autotuning) happen here, outside the timed steps
 SLOW_RATIO = 1.25  # a booster step this much slower than the baseline's is worth a warning
