@@ -173,11 +173,12 @@ def main() -> None:
     parser.add_argument("--dtypes", default="bfloat16,float32", help="dtypes the layer is loaded in (ours, floor)")
     parser.add_argument("--baseline", type=Path, help="a folder holding another version of nnunetv2_llm4seg "
                         "(e.g. git archive <commit> nnunetv2_llm4seg | tar -x -C DIR), measured as 'baseline'")
-    parser.add_argument("--smoke", action="store_true", help="tiny checkpoints, one repeat: checks the script runs")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny checkpoints, one repeat, the first dtype only: checks the script runs")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "loading.json")
     args = parser.parse_args()
     repeats = 1 if args.smoke else args.repeats
-    dtypes = args.dtypes.split(",")
+    dtypes = args.dtypes.split(",")[:1] if args.smoke else args.dtypes.split(",")  # smoke: few fresh processes
     report = {"benchmark": "loading", "machine": machine(), "repeats": repeats, "smoke": args.smoke,
               "models": {name: bench_model(name, repeats, args.smoke, dtypes, args.baseline)
                          for name in args.models.split(",")}}
