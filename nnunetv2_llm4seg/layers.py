@@ -27,13 +27,20 @@ def _hidden_states(output: torch.Tensor | tuple) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-def _new_layer(layer_class: type, config, index: int, placeholder: bool) -> nn.Module:
-    """The transformers layer; as a zero-filled placeholder when pre-trained weights will overwrite it anyway
-    (allocating without random init is much faster for a 60M-parameter layer)."""
-    if not placeholder or torch.empty(()).is_meta:  # under torch.device("meta") nothing is materialised
+def stored_dtype(spec: BoosterSpec) -> torch.dtype:
+    """The dtype a layer's weights are kept in: a frozen layer's compute dtype; float32 master weights when
+    the layer is trained."""
+    return torch.float32 if spec.trainable else getattr(torch, spec.dtype)
+
+
+def _new_layer(layer_class: type, config, index: int, placeholder: torch.dtype | None) -> nn.Module:
+    """The transformers layer; as a zero-filled placeholder of dtype `placeholder` when pre-trained weights will
+    overwrite it anyway (allocating without random init is much faster for a 60M-parameter layer, and a bf16
+    layer is never materialised in float32 first)."""
+    if placeholder is None or torch.empty(()).is_meta:  # under torch.device("meta") nothing is materialised
         return layer_class(config, layer_idx=index)
     with torch.device("meta"):
-        layer = layer_class(config, layer_idx=index)
+        layer = layer_class(config, layer_idx=index).to(placeholder)
     layer = layer.to_empty(device="cpu")
     for tensor in layer.state_dict().values():
         tensor.zero_()
@@ -53,7 +60,8 @@ class _LayerBlock(nn.Module):
         super().__init__()
         family = get_family(spec.family)
         self.config = transformers_config(spec.family, spec.config, not spec.trainable, attn_implementation)
-        self.layer = _new_layer(family.load_class(family.layer_class), self.config, spec.layer, placeholder)
+        self.layer = _new_layer(family.load_class(family.layer_class), self.config, spec.layer,
+                                stored_dtype(spec) if placeholder else None)
         self.causal = spec.attention == "causal"
         _set_causal_flags(self.layer, self.causal)
 
@@ -126,7 +134,7 @@ class BertEncoderBlock(_LayerBlock):
 
 def build_layer_block(spec: BoosterSpec, attn_implementation: str = DEFAULT_ATTN_IMPLEMENTATION,
                       placeholder: bool = False) -> nn.Module:
-    """The LLM layer block for a spec: initialised by its constructor, or (placeholder=True) zero-filled for
-    pre-trained weights that are loaded next."""
+    """The LLM layer block for a spec: initialised by its constructor, or (placeholder=True) zero-filled in
+    stored_dtype(spec) for pre-trained weights that are loaded next."""
     block_class = BertEncoderBlock if spec.family == "bert" else RotaryDecoderBlock
     return block_class(spec, attn_implementation, placeholder)

