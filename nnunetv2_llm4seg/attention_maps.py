@@ -69,3 +69,25 @@ def trace_booster(booster: LLMBooster, features: torch.Tensor) -> BoosterTrace:
     with explicit_attention(booster) as recorded:
         output = booster(features)
     return BoosterTrace(features=features.detach(), output=output.detach(), attention=recorded[-1])
+
+
+def token_coordinates(grid: tuple[int, ...]) -> torch.Tensor:
+    """(N, dims) float positions of the tokens in row-major order, the order of features_to_tokens."""
+    axes = torch.meshgrid(*(torch.arange(size, dtype=torch.float32) for size in grid), indexing="ij")
+    return torch.stack([axis.flatten() for axis in axes], dim=-1)
+
+
+def head_statistics(attention: torch.Tensor, grid: tuple[int, ...],
+                    foreground: torch.Tensor | None = None) -> list[dict[str, float]]:
+    """Per head of one sample's attention (heads, N, N), averaged over the query tokens: entropy in nats (how
+    spread out; log N is uniform), mean attention distance in tokens (how far it looks), and with `foreground`
+    (N,) fractions of each token's area, the share of attention on foreground (uniform attention gives the
+    foreground's share of the area)."""
+    attention = attention.float()
+    entropy = -(attention * attention.clamp_min(1e-30).log()).sum(-1).mean(-1)
+    coordinates = token_coordinates(grid).to(attention.device)
+    distance = (attention * torch.cdist(coordinates, coordinates)).sum(-1).mean(-1)
+    share = (attention @ foreground.float().to(attention.device)).mean(-1) if foreground is not None else None
+    return [{"head": head, "entropy": float(entropy[head]), "mean_distance_tokens": float(distance[head]),
+             **({"foreground_share": float(share[head])} if share is not None else {})}
+            for head in range(attention.shape[0])]

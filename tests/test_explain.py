@@ -107,3 +107,19 @@ def test_adapters_only_booster_has_no_attention_to_explain():
     booster = LLMBooster(16, small_spec(init="none"))
     with pytest.raises(LLM4SegError, match="no LLM layer"):
         trace_booster(booster, torch.randn(1, 16, 2, 2))
+
+
+def test_head_statistics_of_uniform_and_self_attention():
+    from nnunetv2_llm4seg.attention_maps import head_statistics
+
+    grid, tokens = (2, 3), 6
+    attention = torch.stack([torch.full((tokens, tokens), 1 / tokens), torch.eye(tokens)])
+    foreground = torch.tensor([1.0, 0.5, 0, 0, 0, 0])
+    uniform, itself = head_statistics(attention, grid, foreground)
+    assert uniform["entropy"] == pytest.approx(torch.log(torch.tensor(6.0)).item())
+    assert itself["entropy"] == pytest.approx(0.0) and itself["mean_distance_tokens"] == 0.0
+    cells = [(row, column) for row in range(2) for column in range(3)]
+    pair_mean = sum(((a - c) ** 2 + (b - d) ** 2) ** 0.5 for a, b in cells for c, d in cells) / 36
+    assert uniform["mean_distance_tokens"] == pytest.approx(pair_mean)
+    assert uniform["foreground_share"] == pytest.approx(1.5 / 6) and itself["foreground_share"] == pytest.approx(
+        1.5 / 6)
