@@ -12,14 +12,15 @@ ROOT = Path(__file__).resolve().parents[1]
 # Top to bottom; a module may import modules of lower layers only.
 LAYERS = (
     ("cli",),
-    ("ablate", "demo"),
-    ("study", "converters"),
+    ("ablate", "demo", "explain"),
+    ("explain_plot",),
+    ("study", "converters", "explanation"),
     ("experiments",),
     ("plans_variants",),
     ("nnunet_ext_trainers",),
     ("trainers",),
     ("trainer",),
-    ("network", "parameters", "run_spec"),
+    ("network", "parameters", "run_spec", "attention_maps"),
     ("booster", "presets"),
     ("loading",),
     ("layers",),
