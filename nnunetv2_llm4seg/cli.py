@@ -161,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     from nnunetv2_llm4seg.ablate import add_ablate_parser
     from nnunetv2_llm4seg.converters import add_convert_parser
     from nnunetv2_llm4seg.demo import add_demo_parser
+    from nnunetv2_llm4seg.explain import add_explain_parser
     from nnunetv2_llm4seg.plans_variants import add_plans_parser
     from nnunetv2_llm4seg.preflight import add_check_parser
     from nnunetv2_llm4seg.study import add_study_parser
@@ -171,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_parser(commands)
     add_ablate_parser(commands)
     add_study_parser(commands)
+    add_explain_parser(commands)
     return parser
 
 

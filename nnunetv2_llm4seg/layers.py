@@ -76,6 +76,11 @@ class _LayerBlock(nn.Module):
     def weight_modules(self) -> list[nn.Module]:
         return [self.layer]
 
+    def attention_module(self) -> nn.Module:
+        """The layer's self-attention module: it returns (output, attention weights) and picks its kernel from
+        its config's `_attn_implementation`."""
+        return self.layer.self_attn
+
 
 class RotaryDecoderBlock(_LayerBlock):
     """A LLaMA / Qwen2 / Mistral decoder layer fed with rotary, no or paper-compatible positions."""
@@ -120,6 +125,9 @@ class BertEncoderBlock(_LayerBlock):
 
     def weight_modules(self) -> list[nn.Module]:
         return [self.layer] + ([self.position_table] if self.position_table is not None else [])
+
+    def attention_module(self) -> nn.Module:
+        return self.layer.attention.self
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         tokens = hidden.shape[1]

@@ -251,7 +251,7 @@ def test_region_based_and_ignore_label_datasets(tmp_path, scenario):
     assert values <= ({0, 1, 2} if scenario == "regions" else {0, 1}) and 1 in values
 
 
-def test_3d_fullres_end_to_end(tmp_path):
+def test_3d_fullres_end_to_end(tmp_path, monkeypatch, capsys):
     project = NnUNetProject(tmp_path)
     folder = make_blob_dataset(project.raw, 604, cases=10, shape=(16, 40, 40), seed=3)
     project.plan(604, "3d_fullres")
@@ -274,6 +274,17 @@ def test_3d_fullres_end_to_end(tmp_path):
     dice = float(np.nanmean(scores))
     assert dice > DICE_THRESHOLD, dice
 
+    case = validation[0]
+    code, _, err = explain_in_process(project, monkeypatch, capsys, "-d", "604", "-c", "3d_fullres", "-tr", TRAINER,
+                                      "-i", str(held_out / f"{case}_0000.nii.gz"), "--reference",
+                                      str(folder / "labelsTr" / f"{case}.nii.gz"), "--slice", "0", "-o",
+                                      str(tmp_path / "explain"))
+    assert code == 0, err
+    report = json.loads((tmp_path / "explain" / f"{case}_explain.json").read_text())
+    assert len(report["token_grid"]) == 3 and report["query"]["order"] == "x,y,z"
+    assert 0 <= report["foreground_share"] <= 1 and report["tile"][0] != [0, 1]  # a 3D tile, not a slice
+    assert (tmp_path / "explain" / f"{case}_explain.png").is_file()
+
 
 @ON_2D_PROJECT
 def test_lora_row_trains_resumes_and_predicts_from_its_model_folder(project, tmp_path):
@@ -294,7 +305,7 @@ def test_lora_row_trains_resumes_and_predicts_from_its_model_folder(project, tmp
 
 
 @ON_2D_PROJECT
-def test_gated_row_logs_its_gate_and_predicts(project, tmp_path):
+def test_gated_row_logs_its_gate_and_predicts(project, tmp_path, monkeypatch, capsys):
     trainer = "nnUNetTrainerLLM4SegMiniLMGated_test"
     project.run("nnUNetv2_train", "601", "2d", "4", "-tr", trainer, "-device", "cpu", LLM4SEG_TEST_ITERATIONS="5",
                 LLM4SEG_TEST_VALIDATE="0")
@@ -302,6 +313,12 @@ def test_gated_row_logs_its_gate_and_predicts(project, tmp_path):
     assert log.count("LLM4Seg gate |g|: mean") == 2  # one line per epoch
     output = predict(project, tmp_path / "pred", trainer=trainer, fold="4")
     assert len(list(output.glob("*.png"))) == 6
+    code, _, err = explain_in_process(project, monkeypatch, capsys, "-d", "601", "-c", "2d", "-tr", trainer, "-f", "4",
+                                      "-i", str(project.raw / DATASET_2D / "imagesTs" / "us_ts_000_0000.png"),
+                                      "-o", str(tmp_path / "explain"))
+    assert code == 0, err
+    gate = json.loads((tmp_path / "explain" / "us_ts_000_explain.json").read_text())["gate"]
+    assert gate is not None and gate["max_abs"] > 0
 
 
 @ON_2D_PROJECT
@@ -310,3 +327,72 @@ def test_the_retired_spec_variable_stops_training_with_the_replacement(project):
                          nnUNet_llm4seg_spec="minilm-l6")
     assert result.returncode != 0
     assert "nnUNet_llm4seg_spec is no longer read" in result.stderr and "llm4seg plans" in result.stderr
+
+
+def explain_in_process(project: NnUNetProject, monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """`llm4seg explain ...` in this process (nnU-Net's modules are already imported: seconds, not a minute)."""
+    from nnunetv2_llm4seg.cli import main
+
+    for key, value in project.env().items():
+        if key.startswith("nnUNet_"):
+            monkeypatch.setenv(key, value)
+    capsys.readouterr()
+    code = main(["explain", *args, "-device", "cpu"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def stock_copy(model: Path, folder: Path) -> Path:
+    """The model folder as a stock nnU-Net trainer would have written it: no llm4seg entry, a stock trainer name."""
+    shutil.copytree(model, folder, ignore=shutil.ignore_patterns("fold_[1-9]", "validation", "*.npz"))
+    path = folder / "fold_0" / "checkpoint_final.pth"
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    del checkpoint["init_args"]["plans"]["configurations"]["2d"]["llm4seg"]
+    checkpoint["trainer_name"] = "nnUNetTrainer_test"
+    torch.save(checkpoint, path)
+    return folder
+
+
+@ON_2D_PROJECT
+def test_explain_writes_the_picture_and_the_figures_from_the_stock_cli_model(project, trained_2d, tmp_path,
+                                                                          monkeypatch, capsys):
+    images, labels = project.raw / DATASET_2D / "imagesTs", project.raw / DATASET_2D / "labelsTs"
+    code, out, err = explain_in_process(project, monkeypatch, capsys, "-d", "601", "-c", "2d", "-tr", TRAINER, "-i",
+                                        str(images / "us_ts_000_0000.png"), "--reference",
+                                        str(labels / "us_ts_000.png"), "-o", str(tmp_path))
+    assert code == 0, err
+    assert "wrote" in out
+    picture = tmp_path / "us_ts_000_explain.png"
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads((tmp_path / "us_ts_000_explain.json").read_text())
+    assert (report["attention_mode"], report["position_mode"]) == ("bidirectional", "native")
+    assert report["tokens"] == int(np.prod(report["token_grid"])) and len(report["heads"]) == 12  # MiniLM
+    assert report["query"]["chosen_by"] == "predicted object's centre"
+    assert 0 < report["foreground_area_share"] < 1 and 0 < report["foreground_share"] < 1
+    assert all(0 <= head["entropy"] <= report["uniform_entropy"] + 1e-6 for head in report["heads"])
+    assert all(head["mean_distance_tokens"] > 0 for head in report["heads"])
+    assert report["gate"] is None and report["contribution"]["max"] > 0
+
+
+@ON_2D_PROJECT
+def test_explain_model_folder_form_query_and_refusals(project, trained_2d, tmp_path, monkeypatch, capsys):
+    model = project.results_folder(DATASET_2D, TRAINER, "2d")
+    image = str(project.raw / DATASET_2D / "imagesTs" / "us_ts_001_0000.png")
+    code, _, err = explain_in_process(project, monkeypatch, capsys, "-m", str(model), "-i", image, "--query", "0,1",
+                                      "-o", str(tmp_path))
+    assert code == 0, err
+    report = json.loads((tmp_path / "us_ts_001_explain.json").read_text())
+    assert report["query"] == {"token": [0, 1], "order": "x,y", "chosen_by": "--query"}
+
+    grid = "x".join(map(str, reversed(report["token_grid"])))
+    other = str(project.raw / DATASET_2D / "imagesTs" / "us_ts_002_0000.png")
+    refusals = {
+        "no LLM4Seg booster": ["-m", str(stock_copy(model, tmp_path / "stock")), "-i", image],
+        "fold_7/checkpoint_final.pth does not exist; folds of": ["-m", str(model), "-f", "7", "-i", image],
+        "the image has 2 channel(s), but this model was trained on 1": ["-m", str(model), "-i", image, other],
+        f"--query 99,0 is outside the token grid {grid}": ["-m", str(model), "-i", image, "--query", "99,0"],
+    }
+    for message, args in refusals.items():
+        code, out, err = explain_in_process(project, monkeypatch, capsys, *args, "-o", str(tmp_path / "refused"))
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (message, err)
+    assert not (tmp_path / "refused").exists()
