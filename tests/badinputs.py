@@ -27,6 +27,17 @@ class BadInput:
     setup: Setup | None = None
 
 
+class OpensForWriting:
+    """A pickle payload: unpickling it without weights_only opens `path` for writing (creating or emptying it),
+    so a test sees whether pickled code ran."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
 def snapshot(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from badinputs import (BadInput, check_bad_input, cli_case, one_line, raises_case, run_llm4seg, small_spec_dict,
-                        spec_file)
+from badinputs import (BadInput, OpensForWriting, check_bad_input, cli_case, one_line, raises_case, run_llm4seg,
+                       small_spec_dict, spec_file)
 from safetensors.torch import load_file, save_file
 
 from nnunetv2_llm4seg.presets import load_preset
@@ -167,20 +167,10 @@ def sparse(t: Path) -> Path:
 
 OUTSIDE = ["points outside the model folder"]
 
-class TruncatesFile:
-    """A pickle payload: unpickling it without weights_only empties the file `path`."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __reduce__(self):
-        return open, (str(self.path), "w")
-
-
 def pickle_payload(tmp_path: Path, small_model: Path) -> None:
     model = model_copy(tmp_path, small_model)
     (model / "model.safetensors").unlink()
-    torch.save({LAYER_WEIGHT: TruncatesFile(tmp_path / "existing" / "keep.txt")}, model / "pytorch_model.bin")
+    torch.save({LAYER_WEIGHT: OpensForWriting(tmp_path / "existing" / "keep.txt")}, model / "pytorch_model.bin")
 
 
 def package_with_side_effects(tmp_path: Path, small_model: Path) -> None:

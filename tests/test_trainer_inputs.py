@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from badinputs import OpensForWriting
 
 from nnunetv2_llm4seg.errors import CheckpointError
 from nnunetv2_llm4seg.synthetic import make_ultrasound_dataset
@@ -17,19 +18,9 @@ from nnunetv2_llm4seg.synthetic import make_ultrasound_dataset
 DATASET = "Dataset650_Tiny"
 
 
-class CreatesFile:
-    """A pickle payload: unpickling it without weights_only creates the file `path`."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __reduce__(self):
-        return open, (str(self.path), "w")
-
-
 def crafted_checkpoint(path: Path, marker: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"network_weights": {}, "init_args": CreatesFile(marker)}, path)
+    torch.save({"network_weights": {}, "init_args": OpensForWriting(marker)}, path)
     return path
 
 
