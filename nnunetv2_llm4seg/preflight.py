@@ -72,6 +72,13 @@ class CheckReport:
     ok: bool
 
 
+@contextlib.contextmanager
+def silenced() -> Iterator[None]:
+    """nnU-Net's console chatter (trainer construction, class lookup, data loaders) is not part of the report."""
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield
+
+
 def resolve_dataset(reference: str) -> tuple[str, Path]:
     """The dataset's name and its folder in nnUNet_preprocessed, or a CheckError that says what to do."""
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
@@ -107,7 +114,7 @@ def find_trainer(name: str) -> type:
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    with contextlib.redirect_stdout(open(os.devnull, "w")):
+    with silenced():
         try:
             trainer = recursive_find_trainer_class_by_name(name)
         except RuntimeError:
@@ -157,7 +164,7 @@ def build_trainer(trainer_class: type, plans: dict, configuration: str, dataset_
     """nnU-Net's trainer, initialised as nnUNetv2_train does; its split is every case, kept in memory."""
     import copy
 
-    with contextlib.redirect_stdout(open(os.devnull, "w")):
+    with silenced():
         trainer = trainer_class(copy.deepcopy({**plans, "continue_training": False}), configuration, 0,
                                 dataset_json, device=device)
         trainer.do_split = lambda: (trainer_case_ids(trainer),) * 2
@@ -181,7 +188,7 @@ def training_batches(trainer: Any, count: int) -> list[dict]:
     if not Path(trainer.preprocessed_dataset_folder).is_dir():
         raise CheckError(f"{trainer.preprocessed_dataset_folder} does not exist: run nnUNetv2_plan_and_preprocess "
                          f"-c {trainer.configuration_name} for this dataset (and plans) first.")
-    with contextlib.redirect_stdout(open(os.devnull, "w")):
+    with silenced():
         loader, _ = trainer.get_dataloaders()
         return [next(loader) for _ in range(count)]
 
