@@ -104,9 +104,13 @@ def write_plans_variant(dataset_folder: Path, base: str, name: str, configuratio
 
 @dataclass(frozen=True)
 class Schedule:
+    """A short nnU-Net schedule; an interrupted run resumes from the checkpoint_latest.pth written every
+    `checkpoint_every` epochs (nnU-Net's own 50 would lose a whole 50-epoch run)."""
+
     epochs: int
     iterations: int
     val_iterations: int
+    checkpoint_every: int = 5
 
     def label(self) -> str:
         return f"{self.epochs}x{self.iterations}"
@@ -192,6 +196,7 @@ def train_fold(dataset: str, configuration: str, fold: int, trainer_name: str, p
     trainer.num_epochs = schedule.epochs
     trainer.num_iterations_per_epoch = schedule.iterations
     trainer.num_val_iterations_per_epoch = schedule.val_iterations
+    trainer.save_every = schedule.checkpoint_every
     if final.is_file() or latest.is_file():  # validate a finished fold, or continue an interrupted one
         checkpoint = final if final.is_file() else latest
         read_checkpoint(checkpoint)  # any trainer (nnU-Net's own too) unpickles it only after this safe read

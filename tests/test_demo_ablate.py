@@ -139,6 +139,8 @@ def test_busbra_real_data_brief_training_beats_an_untrained_network(tmp_path):
 
 def test_train_fold_validates_a_finished_fold_and_refuses_a_folder_of_another_spec(tmp_path, monkeypatch):
     from nnunetv2_llm4seg.errors import SpecConflictError
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
     from nnunetv2_llm4seg.experiments import Schedule, train_fold, write_plans_variant
 
     project = NnUNetProject(tmp_path)
@@ -150,9 +152,14 @@ def test_train_fold_validates_a_finished_fold_and_refuses_a_folder_of_another_sp
     dataset = "Dataset641_SyntheticUltrasound"
     plans = write_plans_variant(project.preprocessed / dataset, "nnUNetPlans", "nnUNetPlans_t", "2d",
                                 llm4seg_entry="minilm-l6")
-    schedule = Schedule(epochs=1, iterations=2, val_iterations=1)
+    schedule = Schedule(epochs=2, iterations=1, val_iterations=1, checkpoint_every=1)
     args = (dataset, "2d", 0, "nnUNetTrainerLLM4Seg", plans, schedule, "cpu", tmp_path / "log.txt")
+    saved = []
+    save_checkpoint = nnUNetTrainer.save_checkpoint
+    monkeypatch.setattr(nnUNetTrainer, "save_checkpoint",
+                        lambda trainer, name: (saved.append(Path(name).name), save_checkpoint(trainer, name)))
     first = train_fold(*args, validate=False, progress=False)
+    assert saved[0] == "checkpoint_latest.pth" and saved[-1] == "checkpoint_final.pth"  # resumable mid-run
     checkpoint = first.fold_folder / "checkpoint_final.pth"
     stamp = checkpoint.stat().st_mtime_ns
     second = train_fold(*args, validate=True, progress=False)  # finished: only the validation is run
