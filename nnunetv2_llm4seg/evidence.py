@@ -315,3 +315,40 @@ LEGEND = ("Dice (runs): mean ± sd (ddof=1) over training runs (fold x seed) of 
           "parentheses; raw before them), CIs Bonferroni-adjusted to level 1 - 0.05/m (m comparisons). Verdict: "
           f"on the run level when there are at least {MIN_RUNS} paired runs, else on the case level; better/worse "
           "only when the adjusted CI excludes 0 and the Holm p < 0.05, inconclusive when only one of the two does.")
+
+
+# ---------------------------------------------------------------- attention of two rows (llm4seg explain)
+
+ATTENTION_HEADER = ["row", "case", "patient", "tokens", "mean_distance_tokens", "entropy", "uniform_entropy",
+                    "foreground_share", "foreground_area_share", "reference_share", "reference_area_share"]
+ATTENTION_METRICS = {"mean attention distance (tokens)": lambda r: float(r["mean_distance_tokens"]),
+                     "entropy / log N": lambda r: float(r["entropy"]) / float(r["uniform_entropy"]),
+                     "attention on the lesion": lambda r: float(r["reference_share"])}
+
+
+def attention_table(records: Sequence[dict[str, str]], rows: tuple[str, str], seed: int = 0) -> str:
+    """Per row of `rows` the mean ± sd (ddof=1) over cases of each ATTENTION_METRICS value and the lesion's share of
+    the tile, then the paired difference rows[0] - rows[1] on the same cases: mean, 95% grouped bootstrap CI over
+    patients (cases without ids: over cases), Wilcoxon p over patients and its Holm adjustment over the metrics."""
+    from nnunetv2_llm4seg.report import markdown_table
+
+    by_row = {row: {r["case"]: r for r in records if r["row"] == row} for row in rows}
+    cases = sorted(set(by_row[rows[0]]) & set(by_row[rows[1]]))
+    if not cases:
+        raise ValueError(f"no case was explained for both {rows[0]} and {rows[1]}")
+    lines = []
+    for row in rows:
+        cells = [row, str(len(by_row[row])), by_row[row][cases[0]]["tokens"]]
+        for value in (*ATTENTION_METRICS.values(), lambda r: float(r["reference_area_share"])):
+            values = [value(r) for r in by_row[row].values()]
+            cells.append(f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}")
+        lines.append(cells)
+    patients = [by_row[rows[0]][case]["patient"] or case for case in cases]
+    results = [case_level([value(by_row[rows[0]][case]) - value(by_row[rows[1]][case]) for case in cases],
+                          patients, seed=seed) for value in ATTENTION_METRICS.values()]
+    adjusted = holm([result.p_value for result in results])
+    units = len(set(patients))
+    lines.append([f"{rows[0]} - {rows[1]}", f"{len(cases)} ({units} patients)", ""] +
+                 [f"{r.mean:+.3f} [{r.low:+.3f}, {r.high:+.3f}] p {r.p_value:.2g} (Holm {p:.2g})"
+                  for r, p in zip(results, adjusted)] + [""])
+    return markdown_table(["row", "cases", "tokens", *ATTENTION_METRICS, "lesion's area share"], lines)

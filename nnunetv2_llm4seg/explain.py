@@ -67,7 +67,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
           f"attention {report['attention_mode']}, positions {report['position_mode']}; mean attention distance "
           f"{report['mean_distance_tokens']:.2f} tokens, entropy {report['entropy']:.2f} of "
           f"{report['uniform_entropy']:.2f} (uniform), foreground share {report['foreground_share']:.3f} "
-          f"(area {report['foreground_area_share']:.3f})\nwrote {report['files']['png']} and "
+          f"(area {report['foreground_area_share']:.3f})" +
+          (f", reference share {report['reference_share']:.3f} (area {report['reference_area_share']:.3f})"
+           if "reference_share" in report else "") + f"\nwrote {report['files']['png']} and "
           f"{Path(report['files']['png']).with_suffix('.json')}")
     return 0
 

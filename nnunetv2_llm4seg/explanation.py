@@ -54,9 +54,9 @@ class Explanation:
         """(heads, N, N) of the explained tile."""
         return self.trace.attention[0].cpu().numpy()
 
-    def foreground_fraction(self) -> np.ndarray:
-        """(N,) share of each token's area that is predicted foreground."""
-        mask = torch.from_numpy(self.prediction.astype(np.float32))[None, None]
+    def foreground_fraction(self, mask: np.ndarray | None = None) -> np.ndarray:
+        """(N,) share of each token's area that is foreground in `mask` (default: the prediction)."""
+        mask = torch.from_numpy((self.prediction if mask is None else mask).astype(np.float32))[None, None]
         pool = F.adaptive_avg_pool3d if mask.dim() == 5 else F.adaptive_avg_pool2d
         return pool(mask, self.grid).flatten().numpy()
 
@@ -198,10 +198,16 @@ def read_case(folder: Path, dataset_json: dict, files: list[str],
     return data, seg, properties
 
 
-def run_case(predictor: Any, data: np.ndarray, seg: np.ndarray | None, properties: dict) -> CaseRun:
-    """nnU-Net's preprocessing and sliding-window prediction, keeping the booster's input of every tile."""
+def pad_to_patch(array: np.ndarray, patch: Sequence[int]) -> np.ndarray:
+    """(C, *spatial) zero-padded to at least `patch` as nnU-Net's sliding window pads a case smaller than the
+    patch (centred; numpy's keyword for the value, where the predictor pads a tensor)."""
     from acvl_utils.cropping_and_padding.padding import pad_nd_image
 
+    return pad_nd_image(array, patch, "constant", {"constant_values": 0}, False, None)
+
+
+def run_case(predictor: Any, data: np.ndarray, seg: np.ndarray | None, properties: dict) -> CaseRun:
+    """nnU-Net's preprocessing and sliding-window prediction, keeping the booster's input of every tile."""
     preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
     data, seg, _ = preprocessor.run_case_npy(data, seg, properties, predictor.plans_manager,
                                              predictor.configuration_manager, predictor.dataset_json)
@@ -214,7 +220,7 @@ def run_case(predictor: Any, data: np.ndarray, seg: np.ndarray | None, propertie
         hook.remove()
     prediction = predictor.label_manager.convert_logits_to_segmentation(logits.float()).numpy() > 0
     patch = predictor.configuration_manager.patch_size
-    pad = lambda array: pad_nd_image(array, patch, "constant", {"value": 0}, False, None)  # noqa: E731
+    pad = lambda array: pad_to_patch(array, patch)  # noqa: E731
     padded = pad(data)
     slicers = predictor._internal_get_sliding_window_slicers(padded.shape[1:])
     if len(slicers) != len(features):
@@ -286,6 +292,7 @@ def summary(explanation: Explanation, files: dict[str, str]) -> dict[str, Any]:
         "foreground_area_share": float(foreground.mean()),
         "foreground_share": float(np.mean([head["foreground_share"] for head in heads])),
         "query_foreground_share": float((query_row @ foreground).mean()),
+        **_reference_shares(explanation, attention),
         "mean_distance_tokens": float(np.mean([head["mean_distance_tokens"] for head in heads])),
         "entropy": float(np.mean([head["entropy"] for head in heads])),
         "uniform_entropy": float(np.log(attention.shape[-1])),
@@ -297,3 +304,12 @@ def summary(explanation: Explanation, files: dict[str, str]) -> dict[str, Any]:
         "files": files,
     }
 
+
+def _reference_shares(explanation: Explanation, attention: torch.Tensor) -> dict[str, float]:
+    """With a reference: its share of the tile's area and the (head- and query-averaged) share of attention on
+    it, which unlike foreground_share does not depend on what the model predicted."""
+    if explanation.reference is None:
+        return {}
+    reference = torch.from_numpy(explanation.foreground_fraction(explanation.reference))
+    return {"reference_area_share": float(reference.mean()),
+            "reference_share": float((attention.float() @ reference.float()).mean())}

@@ -123,3 +123,41 @@ def test_head_statistics_of_uniform_and_self_attention():
     assert uniform["mean_distance_tokens"] == pytest.approx(pair_mean)
     assert uniform["foreground_share"] == pytest.approx(1.5 / 6) and itself["foreground_share"] == pytest.approx(
         1.5 / 6)
+
+
+def test_summary_reports_attention_on_the_reference_independently_of_the_prediction():
+    import numpy as np
+
+    from nnunetv2_llm4seg.explanation import Explanation, summary
+
+    spec = small_spec("llama")
+    booster = booster_for("llama")
+    trace = trace_booster(booster, torch.randn(1, 16, 4, 4))
+    reference = np.zeros((8, 8), bool)
+    reference[:4, :4] = True  # the top-left 2x2 of the 4x4 tokens
+    explanation = Explanation("case", spec, trace, np.zeros((8, 8)), np.zeros((8, 8), bool), reference,
+                              [[0, 8], [0, 8]], (0, 0), "--query", None)
+    report = summary(explanation, {})
+    on_reference = trace.attention[0].float().reshape(*trace.attention.shape[1:3], 4, 4)[..., :2, :2].sum((-1, -2))
+    assert report["reference_area_share"] == pytest.approx(0.25)
+    assert report["reference_share"] == pytest.approx(float(on_reference.mean()), rel=1e-5)
+    assert report["foreground_share"] == 0.0  # nothing predicted
+    no_reference = summary(Explanation(*[getattr(explanation, f) for f in ("case", "spec", "trace", "image",
+                                                                           "prediction")], None,
+                                       *[getattr(explanation, f) for f in ("tile", "query", "query_source", "gate")]),
+                           {})
+    assert "reference_share" not in no_reference
+
+
+def test_a_case_smaller_than_the_patch_is_padded_as_the_sliding_window_pads_it():
+    import numpy as np
+    from acvl_utils.cropping_and_padding.padding import pad_nd_image
+
+    from nnunetv2_llm4seg.explanation import pad_to_patch
+
+    case = np.arange(2 * 5 * 3, dtype=np.float32).reshape(2, 5, 3)
+    padded = pad_to_patch(case, (8, 4))
+    assert padded.shape == (2, 8, 4) and padded.sum() == case.sum()
+    tensor = pad_nd_image(torch.from_numpy(case), (8, 4), "constant", {"value": 0}, False, None)  # the predictor's
+    assert np.array_equal(padded, tensor.numpy())
+    assert pad_to_patch(case[:1] > 4, (8, 4)).dtype == bool  # the prediction and the reference, too

@@ -283,6 +283,7 @@ def test_3d_fullres_end_to_end(tmp_path, monkeypatch, capsys):
     report = json.loads((tmp_path / "explain" / f"{case}_explain.json").read_text())
     assert len(report["token_grid"]) == 3 and report["query"]["order"] == "x,y,z"
     assert 0 <= report["foreground_share"] <= 1 and report["tile"][0] != [0, 1]  # a 3D tile, not a slice
+    assert 0 <= report["reference_share"] <= 1 and 0 < report["reference_area_share"] <= 1
     assert (tmp_path / "explain" / f"{case}_explain.png").is_file()
 
 

@@ -75,3 +75,22 @@ def test_a_consistent_improvement_is_detected_at_both_levels():
     noise = case_level(rng.normal(0, 0.05, 30))
     assert decide(noise.low, noise.high, noise.p_value, noise.test_sign) == "no significant difference"
     assert case_level(list(better)) == case_level(list(better))  # fixed bootstrap seed
+
+
+def test_attention_table_of_two_rows_pairs_cases_and_resamples_patients():
+    from nnunetv2_llm4seg.evidence import ATTENTION_HEADER, attention_table
+
+    def record(row: str, case: str, patient: str, distance: float, share: float) -> dict[str, str]:
+        values = {"row": row, "case": case, "patient": patient, "tokens": "48", "mean_distance_tokens": distance,
+                  "entropy": 1.0, "uniform_entropy": 2.0, "foreground_share": 0.0, "foreground_area_share": 0.0,
+                  "reference_share": share, "reference_area_share": 0.25}
+        return {key: str(values[key]) for key in ATTENTION_HEADER}
+
+    records = [record("a", f"c{i}", f"p{i // 2}", 3.0 + i, 0.5) for i in range(6)] + \
+        [record("b", f"c{i}", f"p{i // 2}", 2.0 + i, 0.5) for i in range(6)] + [record("b", "extra", "p9", 0.0, 0.0)]
+    table = attention_table(records, ("a", "b")).splitlines()
+    assert table[2].startswith("| a | 6 | 48 | 5.500 ± 1.871 | 0.500 ± 0.000 | 0.500 ± 0.000 | 0.250 ± 0.000 |")
+    assert table[3].startswith("| b | 7 | 48 |")
+    differences = table[4].split(" | ")
+    assert differences[1] == "6 (3 patients)"  # the case only b has is not paired
+    assert differences[3].startswith("+1.000 [+1.000, +1.000]") and differences[5].startswith("+0.000")
