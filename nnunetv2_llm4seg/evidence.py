@@ -352,3 +352,27 @@ def attention_table(records: Sequence[dict[str, str]], rows: tuple[str, str], se
                  [f"{r.mean:+.3f} [{r.low:+.3f}, {r.high:+.3f}] p {r.p_value:.2g} (Holm {p:.2g})"
                   for r, p in zip(results, adjusted)] + [""])
     return markdown_table(["row", "cases", "tokens", *ATTENTION_METRICS, "lesion's area share"], lines)
+
+
+# ---------------------------------------------------------------- training curves
+
+def curve_table(records: Sequence[dict[str, str]], epochs: Sequence[int], value: str = "ema_pseudo_dice",
+                baseline: str | None = "stock") -> str:
+    """`value` (a study_curves.csv column) at the given epochs, averaged over each row's runs, then per row with a
+    baseline the row minus its baseline: whether a gap closes, holds or flips as training goes on."""
+    from nnunetv2_llm4seg.report import markdown_table
+
+    rows = tuple(dict.fromkeys(r["row"] for r in records))
+    runs: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for r in records:
+        runs[r["row"], int(r["epoch"])].append(float(r[value]))
+    missing = [f"{row} epoch {epoch}" for row in rows for epoch in epochs if (row, epoch) not in runs]
+    if missing:
+        raise ValueError(f"no {value} for {', '.join(missing)}")
+    means = {key: float(np.mean(values)) for key, values in runs.items()}
+    lines = [[row] + [f"{means[row, epoch]:.3f}" for epoch in epochs] for row in rows]
+    for row in rows:
+        versus = baseline_of(row, rows, baseline)
+        if versus not in (None, row):
+            lines.append([f"{row} - {versus}"] + [f"{means[row, e] - means[versus, e]:+.3f}" for e in epochs])
+    return markdown_table([f"{value} at epoch"] + [str(epoch) for epoch in epochs], lines)

@@ -94,3 +94,18 @@ def test_attention_table_of_two_rows_pairs_cases_and_resamples_patients():
     differences = table[4].split(" | ")
     assert differences[1] == "6 (3 patients)"  # the case only b has is not paired
     assert differences[3].startswith("+1.000 [+1.000, +1.000]") and differences[5].startswith("+0.000")
+
+
+def test_curve_table_averages_runs_and_shows_each_rows_gap_to_its_baseline():
+    from nnunetv2_llm4seg.evidence import curve_table
+
+    records = [{"row": row, "fold": "0", "seed": str(seed), "epoch": str(epoch), "ema_pseudo_dice": str(value)}
+               for row, seed, values in (("stock", 0, (0.1, 0.5)), ("stock", 1, (0.3, 0.7)), ("frozen", 0, (0.1, 0.7)),
+                                         ("cmunext", 0, (0.2, 0.2)), ("cmunext-frozen", 0, (0.4, 0.1)))
+               for epoch, value in zip((1, 2), values)]
+    lines = curve_table(records, [1, 2]).splitlines()
+    assert lines[2:] == ["| stock | 0.200 | 0.600 |", "| frozen | 0.100 | 0.700 |", "| cmunext | 0.200 | 0.200 |",
+                         "| cmunext-frozen | 0.400 | 0.100 |", "| frozen - stock | -0.100 | +0.100 |",
+                         "| cmunext - stock | +0.000 | -0.400 |", "| cmunext-frozen - cmunext | +0.200 | -0.100 |"]
+    with pytest.raises(ValueError, match="stock epoch 3"):
+        curve_table(records, [3])
