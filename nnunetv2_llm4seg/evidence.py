@@ -219,7 +219,7 @@ def _number(value: object) -> float:
 
 def _pm(row: dict, prefix: str) -> str:
     mean, std = _number(row[f"{prefix}_mean"]), _number(row[f"{prefix}_std"])
-    return f"{mean:.4f} ± {std:.4f}"
+    return f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} ± {std:.4f}"  # no sd of a single run
 
 
 def _delta(row: dict, level: str, n_label: str) -> str:

@@ -3,17 +3,21 @@ recomputed from its per-case CSV, and the tables in docs/results.md and the READ
 report code renders from those CSVs (text compared), so published numbers cannot drift from the data."""
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
 
 import pytest
 
-from nnunetv2_llm4seg.evidence import SUMMARY_HEADER, headline_table, read_summary, rebuild, render_table
+from nnunetv2_llm4seg.evidence import SUMMARY_HEADER, attention_table, curve_table, headline_table, read_summary, rebuild, \
+    render_table
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY_FILES = sorted(path for path in (REPO / "docs" / "study").glob("*.json")
                      if (path.parent / json.loads(path.read_text())["output"] / "study.csv").is_file())
+EXPLAINED = sorted(path.parent for path in (REPO / "docs" / "study" / "results").glob("*/explain_per_case.csv"))
+LONG_SCHEDULE = ("busbra-long", (1, 5, 10, 20, 30, 40, 50))  # results folder, epochs shown in docs/results.md
 HEADLINE = (("BUS-BRA", "busbra"), ("Kvasir-SEG", "kvasir"))  # README: label, results folder
 
 
@@ -31,6 +35,7 @@ def _same(a: object, b: object) -> bool:
 
 def test_there_are_published_studies_to_check():
     assert {path.stem for path in STUDY_FILES} >= {"busbra", "kvasir"}
+    assert {folder.name for folder in EXPLAINED} >= {"busbra-explain"}
 
 
 @pytest.mark.parametrize("study_file", STUDY_FILES, ids=lambda path: path.stem)
@@ -59,3 +64,19 @@ def test_readme_headline_is_rendered_from_the_csvs():
     studies = [(label, read_summary(REPO / "docs" / "study" / "results" / name / "study.csv"))
                for label, name in HEADLINE]
     assert headline_table(studies) in (REPO / "README.md").read_text()
+
+
+@pytest.mark.parametrize("folder", EXPLAINED, ids=lambda folder: folder.name)
+def test_attention_tables_are_rendered_from_their_per_case_csv(folder):
+    with (folder / "explain_per_case.csv").open(newline="") as handle:
+        records = list(csv.DictReader(handle))
+    table = attention_table(records, tuple(dict.fromkeys(record["row"] for record in records)))
+    assert table in (REPO / "docs" / "results.md").read_text()
+    assert table in (folder / "explain.md").read_text()
+
+
+def test_long_schedule_curves_are_rendered_from_their_csv():
+    name, epochs = LONG_SCHEDULE
+    with (REPO / "docs" / "study" / "results" / name / "study_curves.csv").open(newline="") as handle:
+        table = curve_table(list(csv.DictReader(handle)), epochs)
+    assert table in (REPO / "docs" / "results.md").read_text()
