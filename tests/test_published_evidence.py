@@ -18,7 +18,7 @@ STUDY_FILES = sorted(path for path in (REPO / "docs" / "study").glob("*.json")
                      if (path.parent / json.loads(path.read_text())["output"] / "study.csv").is_file())
 EXPLAINED = sorted(path.parent for path in (REPO / "docs" / "study" / "results").glob("*/explain_per_case.csv"))
 LONG_SCHEDULE = ("busbra-long", (1, 5, 10, 20, 30, 40, 50))  # results folder, epochs shown in docs/results.md
-HEADLINE = (("BUS-BRA", "busbra"), ("Kvasir-SEG", "kvasir"))  # README: label, results folder
+HEADLINE = (("BUS-BRA, 3 seeds", "busbra-seeds"), ("BUS-BRA, 1 seed", "busbra"), ("Kvasir-SEG", "kvasir"))  # README
 
 
 def _folder(study_file: Path) -> Path:
