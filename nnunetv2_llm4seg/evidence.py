@@ -347,8 +347,8 @@ def attention_table(records: Sequence[dict[str, str]], rows: tuple[str, str], se
     results = [case_level([value(by_row[rows[0]][case]) - value(by_row[rows[1]][case]) for case in cases],
                           patients, seed=seed) for value in ATTENTION_METRICS.values()]
     adjusted = holm([result.p_value for result in results])
-    units = len(set(patients))
-    lines.append([f"{rows[0]} - {rows[1]}", f"{len(cases)} ({units} patients)", ""] +
+    units = f"{len(set(patients))} patients" if any(by_row[rows[0]][case]["patient"] for case in cases) else "cases"
+    lines.append([f"{rows[0]} - {rows[1]}", f"{len(cases)} ({units})", ""] +
                  [f"{r.mean:+.3f} [{r.low:+.3f}, {r.high:+.3f}] p {r.p_value:.2g} (Holm {p:.2g})"
                   for r, p in zip(results, adjusted)] + [""])
     return markdown_table(["row", "cases", "tokens", *ATTENTION_METRICS, "lesion's area share"], lines)

@@ -94,6 +94,8 @@ def test_attention_table_of_two_rows_pairs_cases_and_resamples_patients():
     differences = table[4].split(" | ")
     assert differences[1] == "6 (3 patients)"  # the case only b has is not paired
     assert differences[3].startswith("+1.000 [+1.000, +1.000]") and differences[5].startswith("+0.000")
+    anonymous = [{**r, "patient": ""} for r in records]  # no patient ids (Kvasir-SEG): cases are the units
+    assert attention_table(anonymous, ("a", "b")).splitlines()[4].split(" | ")[1] == "6 (cases)"
 
 
 def test_curve_table_averages_runs_and_shows_each_rows_gap_to_its_baseline():
