@@ -13,9 +13,7 @@ OUT/ROW_CASE_explain.png for the first `--examples` validation cases.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -24,11 +22,14 @@ def explain_fold(dataset: str, configuration: str, plans: str, fold: int, row: s
                  examples: int) -> list[list[object]]:
     """One CSV line per validation case of `fold` for the study row `row`; pictures for the first `examples`."""
     import torch
-    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw, nnUNet_results
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
 
     from nnunetv2_llm4seg.case_metadata import read_case_metadata
+    from nnunetv2_llm4seg.experiments import silenced
     from nnunetv2_llm4seg.explain_plot import plot_explanation
-    from nnunetv2_llm4seg.explanation import checkpoint_spec, explain_case, load_predictor, read_case, summary
+    from nnunetv2_llm4seg.explanation import case_files, checkpoint_spec, explain_case, load_predictor, read_case, \
+        summary
     from nnunetv2_llm4seg.study import ROWS
 
     raw = Path(str(nnUNet_raw)) / dataset
@@ -36,15 +37,16 @@ def explain_fold(dataset: str, configuration: str, plans: str, fold: int, row: s
     ending = dataset_json["file_ending"]
     cases = json.loads((Path(str(nnUNet_preprocessed)) / dataset / "splits_final.json").read_text())[fold]["val"]
     patients = {case: values.get("patient", "") for case, values in read_case_metadata(raw).items()}
-    folder = Path(str(nnUNet_results)) / dataset / f"{ROWS[row]}__{plans}__{configuration}"
+    folder = Path(get_output_folder(dataset, ROWS[row], plans, configuration))
     _, spec = checkpoint_spec(folder, str(fold), "checkpoint_final.pth")
-    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+    with silenced():
         predictor = load_predictor(folder, str(fold), "checkpoint_final.pth", torch.device(device))
     lines = []
     for index, case in enumerate(sorted(cases)):
         reference = str(raw / "labelsTr" / f"{case}{ending}")
-        data = read_case(folder, dataset_json, [str(raw / "imagesTr" / f"{case}_0000{ending}")], reference)
-        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+        files = case_files([str(raw / "imagesTr" / f"{case}_0000{ending}")], dataset_json)  # every channel
+        data = read_case(folder, dataset_json, files, reference)
+        with silenced():
             explanation = explain_case(predictor, spec, data, case, None)
         report = summary(explanation, {})
         if index < examples:

@@ -340,8 +340,8 @@ def attention_table(records: Sequence[dict[str, str]], rows: tuple[str, str], se
     for row in rows:
         cells = [row, str(len(by_row[row])), by_row[row][cases[0]]["tokens"]]
         for value in (*ATTENTION_METRICS.values(), lambda r: float(r["reference_area_share"])):
-            values = [value(r) for r in by_row[row].values()]
-            cells.append(f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}")
+            mean, std = _mean_std([value(r) for r in by_row[row].values()])
+            cells.append(f"{mean:.3f} ± {std:.3f}")
         lines.append(cells)
     patients = [by_row[rows[0]][case]["patient"] or case for case in cases]
     results = [case_level([value(by_row[rows[0]][case]) - value(by_row[rows[1]][case]) for case in cases],

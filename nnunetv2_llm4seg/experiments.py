@@ -77,6 +77,13 @@ def quiet(log_file: Path) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def silenced() -> Iterator[None]:
+    """Drop nnU-Net's console chatter (trainer construction, class lookup, predictor progress) altogether."""
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield
+
+
 def plan_and_preprocess(dataset_id: int, configuration: str, log_file: Path) -> None:
     """nnU-Net's fingerprint, planning and preprocessing for one configuration, single process."""
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiments,

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +36,7 @@ def check_slice(requested: int | None, explanation: "Explanation") -> None:
 
 def run_explain(args: argparse.Namespace) -> dict[str, Any]:
     """Explain one case; writes OUT/CASE_explain.png and OUT/CASE_explain.json and returns the JSON's content."""
+    from nnunetv2_llm4seg.experiments import silenced
     from nnunetv2_llm4seg.explain_plot import plot_explanation
     from nnunetv2_llm4seg.explanation import case_files, case_name, checkpoint_spec, explain_case, load_predictor, \
         model_folder, read_case, summary
@@ -48,7 +47,7 @@ def run_explain(args: argparse.Namespace) -> dict[str, Any]:
     files = case_files(args.input, dataset_json)
     case = read_case(folder, dataset_json, files, args.reference)
     device = choose_device(args.device)
-    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # nnU-Net's predictor prints progress
+    with silenced():  # nnU-Net's predictor prints progress
         predictor = load_predictor(folder, args.fold, args.chk, device)
         explanation = explain_case(predictor, spec, case, case_name(files, dataset_json["file_ending"]), args.query)
     check_slice(args.slice, explanation)

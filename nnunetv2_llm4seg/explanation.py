@@ -69,14 +69,14 @@ def model_folder(args: argparse.Namespace) -> Path:
         if not (args.dataset and args.configuration and args.trainer):
             raise ExplainError("name the model with -d DATASET -c CONFIGURATION -tr TRAINER [-p PLANS] (as for "
                                "nnUNetv2_predict) or give its folder with -m MODEL_FOLDER.")
-        from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
         from nnunetv2.utilities.file_path_utilities import get_output_folder
 
-        try:
-            dataset = maybe_convert_to_dataset_name(int(args.dataset) if args.dataset.isdigit() else args.dataset)
-        except RuntimeError:
+        from nnunetv2_llm4seg.paths import find_dataset
+
+        dataset = find_dataset(args.dataset)
+        if dataset is None:
             raise ExplainError(f"dataset {args.dataset!r} was not found in nnUNet_raw, nnUNet_preprocessed or "
-                               "nnUNet_results; give its id or DatasetXXX_Name as for nnUNetv2_predict.") from None
+                               "nnUNet_results; give its id or DatasetXXX_Name as for nnUNetv2_predict.")
         folder = Path(get_output_folder(dataset, args.trainer, args.plans, args.configuration))
     if not (folder / "plans.json").is_file() or not (folder / "dataset.json").is_file():
         raise ExplainError(f"{folder} is not a trained nnU-Net model folder (it needs plans.json, dataset.json and "
@@ -277,6 +277,7 @@ def summary(explanation: Explanation, files: dict[str, str]) -> dict[str, Any]:
     query_row = attention[:, explanation.query_index]
     heads = head_statistics(attention, explanation.grid, foreground)
     gate = explanation.gate
+    contribution = explanation.trace.contribution()[0]
     return {
         "case": explanation.case,
         "model": {"family": spec.family, "layer": spec.layer, "source": spec.weights.source, "init": spec.init,
@@ -297,8 +298,7 @@ def summary(explanation: Explanation, files: dict[str, str]) -> dict[str, Any]:
         "entropy": float(np.mean([head["entropy"] for head in heads])),
         "uniform_entropy": float(np.log(attention.shape[-1])),
         "heads": heads,
-        "contribution": {"mean": float(explanation.trace.contribution()[0].mean()),
-                         "max": float(explanation.trace.contribution()[0].max())},
+        "contribution": {"mean": float(contribution.mean()), "max": float(contribution.max())},
         "gate": None if gate is None else {"mean_abs": float(np.abs(gate).mean()), "max_abs": float(np.abs(gate).max())},
         "mirroring": False,
         "files": files,

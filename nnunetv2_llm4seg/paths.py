@@ -9,6 +9,8 @@
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 from pathlib import Path
 
@@ -38,6 +40,18 @@ def dataset_name(name: str, what: str) -> str:
         raise PathPolicyError(f"{what}: {name!r} is not a dataset of nnUNet_raw; name one by its id (5, Dataset005) "
                               "or its folder name (Dataset005_Name), without folders or '..'.")
     return name
+
+
+def find_dataset(reference: str) -> str | None:
+    """The dataset folder name nnU-Net resolves an id (5) or name (Dataset005, Dataset005_Name) to, as
+    nnUNetv2_train does, or None when nnU-Net finds no such dataset (the caller says what to do)."""
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return maybe_convert_to_dataset_name(int(reference) if reference.isdigit() else reference)
+    except RuntimeError:
+        return None
 
 
 def raw_dataset_folder(name: str, raw: Path, what: str) -> Path:

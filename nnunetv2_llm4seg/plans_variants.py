@@ -9,8 +9,6 @@ base plans' preprocessed data (same data identifiers): nothing is preprocessed a
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
 import re
@@ -18,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from nnunetv2_llm4seg.errors import LLM4SegError, SpecError
-from nnunetv2_llm4seg.paths import dataset_name, plans_identifier
+from nnunetv2_llm4seg.paths import dataset_name, find_dataset, plans_identifier
 from nnunetv2_llm4seg.presets import load_spec
 from nnunetv2_llm4seg.run_spec import PLANS_KEY
 from nnunetv2_llm4seg.spec import BoosterSpec
@@ -156,8 +154,6 @@ def write_plans_variant(dataset: str, preset: str, name: str | None = None, base
                         configurations: Sequence[str] | None = None,
                         unet_features: Sequence[int] | None = None, force: bool = False) -> Path:
     """Write `<base>_<name>.json` next to the base plans in nnUNet_preprocessed; returns its path."""
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-
     if not os.environ.get("nnUNet_preprocessed"):
         raise PlansVariantError("nnUNet_preprocessed is not set: export nnU-Net's path variables first.")
     plans_identifier(base, "-pl")
@@ -165,13 +161,11 @@ def write_plans_variant(dataset: str, preset: str, name: str | None = None, base
     if name is None:
         name = "llm4seg-" + re.sub(r"[^A-Za-z0-9.-]+", "-", Path(preset).stem if preset.endswith(".json") else preset)
     _check_name(name)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            name_of_dataset = maybe_convert_to_dataset_name(int(dataset) if dataset.isdigit() else dataset)
-    except RuntimeError:
+    name_of_dataset = find_dataset(dataset)
+    if name_of_dataset is None:
         raise PlansVariantError(f"dataset {dataset!r} was not found in nnUNet_raw, nnUNet_preprocessed or "
                                 "nnUNet_results: convert it (llm4seg convert), then plan and preprocess it "
-                                "(nnUNetv2_plan_and_preprocess -d ID).") from None
+                                "(nnUNetv2_plan_and_preprocess -d ID).")
     folder = Path(os.environ["nnUNet_preprocessed"]) / dataset_name(name_of_dataset, f"dataset {dataset!r}")
     base_file = folder / f"{base}.json"
     if not base_file.is_file():

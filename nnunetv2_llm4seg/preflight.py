@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from nnunetv2_llm4seg.errors import LLM4SegError
-from nnunetv2_llm4seg.paths import dataset_name, plans_identifier
+from nnunetv2_llm4seg.paths import dataset_name, find_dataset, plans_identifier
 
 if TYPE_CHECKING:
     import torch
@@ -72,26 +72,16 @@ class CheckReport:
     ok: bool
 
 
-@contextlib.contextmanager
-def silenced() -> Iterator[None]:
-    """nnU-Net's console chatter (trainer construction, class lookup, data loaders) is not part of the report."""
-    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
-        yield
-
-
 def resolve_dataset(reference: str) -> tuple[str, Path]:
     """The dataset's name and its folder in nnUNet_preprocessed, or a CheckError that says what to do."""
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-
     root = os.environ.get("nnUNet_preprocessed")
     if not root:
         raise CheckError("nnUNet_preprocessed is not set: export nnU-Net's path variables (nnUNet_raw, "
                          "nnUNet_preprocessed, nnUNet_results) as for nnUNetv2_train.")
-    try:
-        name = maybe_convert_to_dataset_name(int(reference) if reference.isdigit() else reference)
-    except RuntimeError:
+    name = find_dataset(reference)
+    if name is None:
         raise CheckError(f"dataset {reference!r} was not found in nnUNet_raw/nnUNet_preprocessed; give its id or "
-                         "DatasetXXX_Name as for nnUNetv2_train, after nnUNetv2_plan_and_preprocess.") from None
+                         "DatasetXXX_Name as for nnUNetv2_train, after nnUNetv2_plan_and_preprocess.")
     folder = Path(root) / dataset_name(name, "dataset")
     if not folder.is_dir():
         raise CheckError(f"{folder} does not exist: run nnUNetv2_plan_and_preprocess -d {reference} first.")
@@ -113,6 +103,8 @@ def read_plans(folder: Path, plans: str, configuration: str) -> dict[str, Any]:
 def find_trainer(name: str) -> type:
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    from nnunetv2_llm4seg.experiments import silenced
 
     with silenced():
         try:
@@ -164,6 +156,8 @@ def build_trainer(trainer_class: type, plans: dict, configuration: str, dataset_
     """nnU-Net's trainer, initialised as nnUNetv2_train does; its split is every case, kept in memory."""
     import copy
 
+    from nnunetv2_llm4seg.experiments import silenced
+
     with silenced():
         trainer = trainer_class(copy.deepcopy({**plans, "continue_training": False}), configuration, 0,
                                 dataset_json, device=device)
@@ -188,6 +182,8 @@ def training_batches(trainer: Any, count: int) -> list[dict]:
     if not Path(trainer.preprocessed_dataset_folder).is_dir():
         raise CheckError(f"{trainer.preprocessed_dataset_folder} does not exist: run nnUNetv2_plan_and_preprocess "
                          f"-c {trainer.configuration_name} for this dataset (and plans) first.")
+    from nnunetv2_llm4seg.experiments import silenced
+
     with silenced():
         loader, _ = trainer.get_dataloaders()
         return [next(loader) for _ in range(count)]

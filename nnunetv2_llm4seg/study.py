@@ -42,7 +42,7 @@ from nnunetv2_llm4seg.experiments import (CURVES, ExperimentError, Schedule, cpu
                                           write_plans_variant)
 from nnunetv2_llm4seg.held_out import HeldOutSplit, held_out_fold, parse_split, write_held_out_fold
 from nnunetv2_llm4seg.metrics import METRICS, case_metrics
-from nnunetv2_llm4seg.paths import (check_output, claim_output, dataset_name, plans_identifier,
+from nnunetv2_llm4seg.paths import (check_output, claim_output, dataset_name, find_dataset, plans_identifier,
                                     relative_to_file)
 from nnunetv2_llm4seg.report import plot_differences, plot_per_case, plot_training_curves, write_csv
 
@@ -185,16 +185,12 @@ def resolve_caps(caps: Any, device: str) -> tuple[int, int, int] | None:
 
 
 def _dataset_name(reference: str) -> str:
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            name = maybe_convert_to_dataset_name(int(reference) if reference.isdigit() else reference)
-        return dataset_name(name, f"dataset {reference!r}")
-    except RuntimeError:
+    name = find_dataset(reference)
+    if name is None:
         raise ExperimentError(f"dataset {reference!r} not found in nnUNet_raw/nnUNet_preprocessed/nnUNet_results "
                               f"(nnUNet_raw={os.environ.get('nnUNet_raw')}): convert it first (llm4seg convert) "
-                              "and set the nnU-Net path variables.") from None
+                              "and set the nnU-Net path variables.")
+    return dataset_name(name, f"dataset {reference!r}")
 
 
 def _available_folds(dataset: str) -> tuple[str, int]:
