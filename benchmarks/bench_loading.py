@@ -154,14 +154,15 @@ def bench_model(name: str, repeats: int, smoke: bool, dtypes: list[str], baselin
     from nnunetv2_llm4seg.presets import load_preset
 
     preset, layer = MODELS[name]
-    config = dict(load_preset(preset).config)
+    spec = load_preset(preset)
+    config = dict(spec.config)
     if smoke:
         config.update(SMOKE_SHAPE)
         layer = 2
     folder = build_checkpoint(CACHE / (f"{preset}-smoke" if smoke else preset), config)
     results = {variant: _summary(samples) for variant, samples in alternate(_runs(folder, layer, dtypes, baseline),
                                                                             repeats).items()}
-    return {"preset": preset, "preset_dtype": load_preset(preset).dtype, "layer": layer,
+    return {"preset": preset, "preset_dtype": spec.dtype, "layer": layer,
             "checkpoint_gib": (folder / "model.safetensors").stat().st_size / 2**30,
             **results, **_comparisons(results, dtypes)}
 

@@ -30,14 +30,14 @@ def explain_fold(dataset: str, configuration: str, plans: str, fold: int, row: s
     from nnunetv2_llm4seg.explain_plot import plot_explanation
     from nnunetv2_llm4seg.explanation import case_files, checkpoint_spec, explain_case, load_predictor, read_case, \
         summary
-    from nnunetv2_llm4seg.study import ROWS
+    from nnunetv2_llm4seg.study import trainer_name
 
     raw = Path(str(nnUNet_raw)) / dataset
     dataset_json = json.loads((raw / "dataset.json").read_text())
     ending = dataset_json["file_ending"]
     cases = json.loads((Path(str(nnUNet_preprocessed)) / dataset / "splits_final.json").read_text())[fold]["val"]
     patients = {case: values.get("patient", "") for case, values in read_case_metadata(raw).items()}
-    folder = Path(get_output_folder(dataset, ROWS[row], plans, configuration))
+    folder = Path(get_output_folder(dataset, trainer_name(row), plans, configuration))
     _, spec = checkpoint_spec(folder, str(fold), "checkpoint_final.pth")
     with silenced():
         predictor = load_predictor(folder, str(fold), "checkpoint_final.pth", torch.device(device))
@@ -78,9 +78,10 @@ def main() -> None:
     write_csv(args.output / "explain_per_case.csv", ATTENTION_HEADER, lines)
     records = [dict(zip(ATTENTION_HEADER, map(str, line))) for line in lines]
     command = "python benchmarks/explain_rows.py " + " ".join(sys.argv[1:])
-    write_text(args.output / "explain.md", f"{args.dataset} fold {args.fold} validation cases, {args.plans}\n\n"
-               f"    {command}\n\n{attention_table(records, tuple(args.rows))}\n")
-    print((args.output / "explain.md").read_text())
+    text = (f"{args.dataset} fold {args.fold} validation cases, {args.plans}\n\n    {command}\n\n"
+            f"{attention_table(records, tuple(args.rows))}\n")
+    write_text(args.output / "explain.md", text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -46,10 +46,7 @@ def bootstrap_ci(values: Sequence[float], groups: Sequence[str] | None = None, l
                  resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean of `values`; with `groups`, whole groups are drawn with replacement
     and the mean is taken over all values of the drawn groups."""
-    values = np.asarray(values, dtype=float)
-    labels = np.arange(len(values)) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
-    sums = np.bincount(labels, weights=values)
-    counts = np.bincount(labels).astype(float)
+    sums, counts = _group_sums(np.asarray(values, dtype=float), groups)
     drawn = np.random.default_rng(seed).integers(0, len(sums), (resamples, len(sums)))
     means = sums[drawn].sum(axis=1) / counts[drawn].sum(axis=1)
     tail = (1 - level) / 2 * 100
@@ -71,11 +68,17 @@ class LevelResult:
     test_sign: int = 0
 
 
+def _group_sums(values: np.ndarray, groups: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Sum and count of the values per group (each value its own group without `groups`)."""
+    labels = np.arange(len(values)) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
+    return np.bincount(labels, weights=values), np.bincount(labels).astype(float)
+
+
 def _unit_means(values: np.ndarray, groups: Sequence[str] | None) -> np.ndarray:
     if groups is None:
         return values
-    labels = np.unique(np.asarray(groups), return_inverse=True)[1]
-    return np.bincount(labels, weights=values) / np.bincount(labels)
+    sums, counts = _group_sums(values, groups)
+    return sums / counts
 
 
 def wilcoxon_p(values: np.ndarray) -> float:

@@ -123,14 +123,15 @@ class LLM4SegTrainer(SafeCheckpointTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         configuration_dict = PlansManager(plans).get_configuration(configuration).configuration
-        spec = requested_spec(configuration_dict, self.default_preset, self.row_overrides())
+        requested = requested_spec(configuration_dict, self.default_preset, {})
+        spec = requested.replace(**self.row_overrides())
         super().__init__(plans, configuration, fold, dataset_json, device)
         if self.schedule_epochs is not None:
             self.num_epochs = self.schedule_epochs
         self.weights_from_checkpoint = False
         self._install(spec)
         if PLANS_KEY in configuration_dict:
-            self._log_row_overrides(requested_spec(configuration_dict, self.default_preset, {}), spec)
+            self._log_row_overrides(requested, spec)
 
     # ---- the spec ----------------------------------------------------------------------------------
     @classmethod
