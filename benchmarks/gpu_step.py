@@ -30,6 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, write_report  # noqa: E402
 
+from nnunetv2_llm4seg.parameters import trainable_and_frozen  # noqa: E402
+
 VARIANTS = ("stock", "llm4seg")
 WARM_WITHIN = 1.5  # the last warm-up step must be within this factor of the steady median
 
@@ -167,8 +169,7 @@ def summarise(variant: Variant, compiled: bool) -> dict[str, Any]:
             "grad_scaler_final_scale": variant.scaler.get_scale() if scaled else None,
             "skipped_steps": variant.skipped_steps if scaled else None,
             "skipped_timed_steps": sum(b["skipped_steps"] for b in variant.blocks) if scaled else None,
-            "trainable": sum(p.numel() for p in variant.network.parameters() if p.requires_grad),
-            "frozen": sum(p.numel() for p in variant.network.parameters() if not p.requires_grad),
+            **dict(zip(("trainable", "frozen"), trainable_and_frozen(variant.network))),
             "blocks": variant.blocks}
 
 

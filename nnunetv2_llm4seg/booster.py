@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from nnunetv2_llm4seg.errors import CheckpointError, SpecConflictError, SpecError
-from nnunetv2_llm4seg.layers import DEFAULT_ATTN_IMPLEMENTATION, build_layer_block
+from nnunetv2_llm4seg.layers import DEFAULT_ATTN_IMPLEMENTATION, build_layer_block, stored_dtype
 from nnunetv2_llm4seg.precision import Precision, layer_precision
 from nnunetv2_llm4seg.spec import PRETRAINED_INITS, BoosterSpec, describe_differences
 
@@ -121,8 +121,7 @@ class LLMBooster(nn.Module):
         if self.llm is not None:
             if spec.init == "random":
                 init_like_paper(self.llm)
-            if not spec.trainable:  # a frozen layer is stored in its compute dtype; a trainable one keeps fp32
-                self.llm.store_weights_in(self.compute_dtype)
+            self.llm.store_weights_in(stored_dtype(spec))
             self.llm.requires_grad_(spec.trainable)
             if spec.lora is not None:
                 add_lora(self.llm.layer, spec)
